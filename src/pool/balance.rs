@@ -1,0 +1,310 @@
+//! Load-balancing strategies: which of a peer's healthy connections carries
+//! the next stream.
+//!
+//! A pick sees only what the caller hands it (each connection's active-stream
+//! count and smoothed RTT) and an rng, so every strategy is deterministic under
+//! test.
+
+use std::time::Duration;
+
+use super::Time;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// How streams are spread over a peer's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Cycles through the connections in order.
+    #[default]
+    RoundRobin,
+    /// The connection with the fewest active streams; ties go round robin.
+    LeastLoaded,
+    /// Power of two choices: the less loaded of two picked at random.
+    P2c,
+    /// The lowest peak-EWMA of RTT times (active streams + 1).
+    Latency,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [
+        Strategy::RoundRobin,
+        Strategy::LeastLoaded,
+        Strategy::P2c,
+        Strategy::Latency,
+    ];
+
+    /// The name used in the config file and as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::LeastLoaded => "least_loaded",
+            Strategy::P2c => "p2c",
+            Strategy::Latency => "latency",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a strategy knows about one candidate connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Streams we opened on it that are still open.
+    pub active: usize,
+    /// Peak-EWMA of its round-trip time, in seconds.
+    pub rtt: f64,
+}
+
+/// A strategy and the little state it keeps between picks.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    strategy: Strategy,
+    cursor: usize,
+}
+
+impl Balancer {
+    pub fn new(strategy: Strategy) -> Balancer {
+        Balancer {
+            strategy,
+            cursor: 0,
+        }
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The index in `loads` of the connection for the next stream, or `None`
+    /// when there is no candidate.
+    pub fn pick<R: Rng + ?Sized>(&mut self, loads: &[Load], rng: &mut R) -> Option<usize> {
+        let n = loads.len();
+        if n == 0 {
+            return None;
+        }
+        let chosen = match self.strategy {
+            Strategy::RoundRobin => self.cursor % n,
+            Strategy::LeastLoaded => {
+                let min = loads.iter().map(|l| l.active).min()?;
+                self.first_from_cursor(n, |i| loads[i].active == min)
+            }
+            Strategy::P2c => {
+                if n == 1 {
+                    0
+                } else {
+                    let a = rng.random_range(0..n);
+                    let mut b = rng.random_range(0..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    if loads[b].active < loads[a].active {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            }
+            Strategy::Latency => {
+                let score = |l: &Load| l.rtt.max(0.0) * (l.active as f64 + 1.0);
+                let best = loads.iter().map(score).fold(f64::INFINITY, f64::min);
+                self.first_from_cursor(n, |i| score(&loads[i]) <= best)
+            }
+        };
+        self.cursor = chosen.wrapping_add(1);
+        Some(chosen)
+    }
+
+    /// The first index at or after the cursor (cyclically) that satisfies `ok`,
+    /// so that ties rotate instead of piling onto index 0.
+    fn first_from_cursor(&self, n: usize, ok: impl Fn(usize) -> bool) -> usize {
+        (0..n)
+            .map(|step| (self.cursor + step) % n)
+            .find(|&i| ok(i))
+            .unwrap_or(self.cursor % n)
+    }
+}
+
+/// Peak-sensitive EWMA of RTT (linkerd and Finagle): a sample above the
+/// current value replaces it at once, so a slow connection is avoided
+/// immediately; lower samples pull it down with time constant `tau`.
+#[derive(Debug, Clone)]
+pub struct PeakEwma {
+    value: f64,
+    last: Option<Time>,
+    tau: Duration,
+}
+
+impl PeakEwma {
+    pub fn new(tau: Duration) -> PeakEwma {
+        PeakEwma {
+            value: 0.0,
+            last: None,
+            tau,
+        }
+    }
+
+    pub fn observe(&mut self, sample_secs: f64, now: Time) {
+        let sample = if sample_secs.is_finite() {
+            sample_secs.max(0.0)
+        } else {
+            return;
+        };
+        match self.last {
+            None => self.value = sample,
+            Some(_) if sample > self.value => self.value = sample,
+            Some(last) => {
+                let elapsed = now.saturating_sub(last).as_secs_f64();
+                let tau = self.tau.as_secs_f64().max(f64::MIN_POSITIVE);
+                let w = (-elapsed / tau).exp();
+                self.value = self.value * w + sample * (1.0 - w);
+            }
+        }
+        self.last = Some(now);
+    }
+
+    pub fn value(&self) -> f64 {
+        self.value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_assume, proptest};
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn loads(actives: &[usize]) -> Vec<Load> {
+        actives
+            .iter()
+            .map(|&active| Load { active, rtt: 0.001 })
+            .collect()
+    }
+
+    #[test]
+    fn no_candidates_means_no_pick() {
+        let mut rng = SmallRng::seed_from_u64(0);
+        for s in Strategy::ALL {
+            assert_eq!(Balancer::new(s).pick(&[], &mut rng), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn least_loaded_ties_rotate() {
+        let mut b = Balancer::new(Strategy::LeastLoaded);
+        let mut rng = SmallRng::seed_from_u64(0);
+        let l = loads(&[2, 2, 2]);
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&l, &mut rng).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn least_loaded_fills_the_gaps_first() {
+        let mut b = Balancer::new(Strategy::LeastLoaded);
+        let mut rng = SmallRng::seed_from_u64(0);
+        let mut active = vec![5, 0, 0];
+        for _ in 0..10 {
+            let i = b.pick(&loads(&active), &mut rng).unwrap();
+            active[i] += 1;
+        }
+        assert_eq!(active, [5, 5, 5]);
+    }
+
+    #[test]
+    fn latency_prefers_the_fast_connection_until_it_is_loaded() {
+        let mut b = Balancer::new(Strategy::Latency);
+        let mut rng = SmallRng::seed_from_u64(0);
+        let mut l = vec![
+            Load {
+                active: 0,
+                rtt: 0.010,
+            },
+            Load {
+                active: 0,
+                rtt: 0.001,
+            },
+        ];
+        assert_eq!(b.pick(&l, &mut rng), Some(1));
+        // 0.001 * (9 + 1) = 0.010 ties with the idle slow one; 10 more tips it.
+        l[1].active = 10;
+        assert_eq!(b.pick(&l, &mut rng), Some(0));
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t0 = Duration::from_secs(100);
+        let mut e = PeakEwma::new(Duration::from_secs(1));
+        e.observe(0.001, t0);
+        e.observe(0.100, t0 + Duration::from_millis(10));
+        assert_eq!(e.value(), 0.100);
+        e.observe(0.001, t0 + Duration::from_secs(5));
+        assert!(e.value() < 0.002, "{}", e.value());
+    }
+
+    proptest! {
+        #[test]
+        fn round_robin_gives_each_connection_exactly_k(n in 1usize..=64, k in 1usize..20, seed in any::<u64>()) {
+            let mut b = Balancer::new(Strategy::RoundRobin);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let l = loads(&vec![0; n]);
+            let mut count = vec![0; n];
+            for _ in 0..n * k {
+                count[b.pick(&l, &mut rng).unwrap()] += 1;
+            }
+            prop_assert!(count.iter().all(|&c| c == k), "{:?}", count);
+        }
+
+        #[test]
+        fn least_loaded_never_picks_above_the_minimum(actives in proptest::collection::vec(0usize..50, 1..64), seed in any::<u64>()) {
+            let mut b = Balancer::new(Strategy::LeastLoaded);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let l = loads(&actives);
+            let min = *actives.iter().min().unwrap();
+            for _ in 0..5 {
+                let i = b.pick(&l, &mut rng).unwrap();
+                prop_assert_eq!(actives[i], min);
+            }
+        }
+
+        #[test]
+        fn p2c_never_picks_the_more_loaded_of_two_distinct(a in 0usize..100, b in 0usize..100, seed in any::<u64>()) {
+            prop_assume!(a != b);
+            let mut bal = Balancer::new(Strategy::P2c);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let l = loads(&[a, b]);
+            let i = bal.pick(&l, &mut rng).unwrap();
+            prop_assert_eq!(l[i].active, a.min(b));
+        }
+
+        #[test]
+        fn p2c_never_picks_the_global_maximum_when_it_is_unique(actives in proptest::collection::vec(0usize..50, 2..64), seed in any::<u64>()) {
+            let max = *actives.iter().max().unwrap();
+            prop_assume!(actives.iter().filter(|&&a| a == max).count() == 1);
+            let mut bal = Balancer::new(Strategy::P2c);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let l = loads(&actives);
+            for _ in 0..5 {
+                let i = bal.pick(&l, &mut rng).unwrap();
+                prop_assert!(actives[i] < max);
+            }
+        }
+
+        #[test]
+        fn every_pick_is_in_range(actives in proptest::collection::vec(0usize..50, 1..64), rtts in proptest::collection::vec(0.0f64..1.0, 64), seed in any::<u64>()) {
+            let l: Vec<_> = actives.iter().zip(&rtts).map(|(&active, &rtt)| Load { active, rtt }).collect();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            for s in Strategy::ALL {
+                let mut b = Balancer::new(s);
+                for _ in 0..3 {
+                    let i = b.pick(&l, &mut rng).unwrap();
+                    prop_assert!(i < l.len());
+                }
+            }
+        }
+    }
+}
