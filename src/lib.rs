@@ -7,7 +7,21 @@
 //! - [`identity`]: node keys, certificates and the [`identity::PeerId`] peers pin.
 //! - [`pool`]: the pure core (backoff, balancing, dial plan, limit, peer
 //!   states). No IO, no clock, no global rng.
+//! - [`transport`]: QUIC and TLS: the endpoint, pinned-id verifiers, the
+//!   application hello, close codes.
+//! - [`actors`]: the supervisor and one `PeerActor` per peer, and [`Pool`],
+//!   the handle the rest of the program (and library users) hold.
+//! - [`metrics`]: every metric name, help text and bucket set.
 
+pub mod actors;
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod pool;
+pub mod transport;
+
+pub use actors::{
+    ConnectionInfo, Direction, IncomingStream, PeerStatus, Pool, PoolError, PooledStream,
+    StreamHandler,
+};
+pub use identity::PeerId;

@@ -306,6 +306,14 @@ impl DialPlanner {
         }
     }
 
+    /// Nothing is dialling and nothing will soon: every free slot is either
+    /// waiting for the peer to answer or probing after running out of attempts.
+    pub fn settled(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.conn.is_some() || (!s.dialing && (s.exhausted || s.next_at.is_none())))
+    }
+
     /// Whether this peer is dialled at all.
     pub fn can_dial(&self) -> bool {
         self.can_dial

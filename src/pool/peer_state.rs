@@ -60,6 +60,9 @@ pub enum PeerEvent {
     ConnectionDown,
     /// A dial used its last attempt without success.
     DialExhausted,
+    /// A fresh dial was asked for (`dial_peer`): an unreachable peer is
+    /// connecting again.
+    Redial,
     /// The peer is being removed or the node shuts down.
     Drain,
 }
@@ -99,13 +102,14 @@ impl PeerStateMachine {
         match event {
             PeerEvent::ConnectionUp => self.live += 1,
             PeerEvent::ConnectionDown => self.live = self.live.saturating_sub(1),
-            PeerEvent::DialExhausted | PeerEvent::Drain => {}
+            PeerEvent::DialExhausted | PeerEvent::Redial | PeerEvent::Drain => {}
         }
         self.state = match (from, event) {
             (PeerState::Draining, _) | (_, PeerEvent::Drain) => PeerState::Draining,
             _ if self.live >= self.target => PeerState::Healthy,
             _ if self.live > 0 => PeerState::Degraded,
             (_, PeerEvent::DialExhausted) => PeerState::Unreachable,
+            (_, PeerEvent::Redial) => PeerState::Connecting,
             // Losing the last connection while unreachable cannot happen (there
             // was none); losing it otherwise means dialling again.
             (PeerState::Unreachable, _) => PeerState::Unreachable,
@@ -119,10 +123,11 @@ impl PeerStateMachine {
 mod tests {
     use super::*;
 
-    const EVENTS: [PeerEvent; 4] = [
+    const EVENTS: [PeerEvent; 5] = [
         PeerEvent::ConnectionUp,
         PeerEvent::ConnectionDown,
         PeerEvent::DialExhausted,
+        PeerEvent::Redial,
         PeerEvent::Drain,
     ];
 
@@ -186,7 +191,11 @@ mod tests {
                     PeerState::Healthy
                 } else if live > 0 {
                     PeerState::Degraded
-                } else if ev == PeerEvent::DialExhausted || m.state == PeerState::Unreachable {
+                } else if ev == PeerEvent::DialExhausted {
+                    PeerState::Unreachable
+                } else if ev == PeerEvent::Redial {
+                    PeerState::Connecting
+                } else if m.state == PeerState::Unreachable {
                     PeerState::Unreachable
                 } else {
                     PeerState::Connecting

@@ -1,0 +1,388 @@
+//! Every metric peerpool exports: name, help, unit, labels and buckets, in
+//! this one file.
+//!
+//! Labels are bounded: `peer` (a configured name), `direction`, `result`,
+//! `reason`, `strategy`, `state`, `forward`, `service`, `actor`, `version`.
+//! Never a connection or stream id.
+//!
+//! Hot paths hold pre-registered handles ([`PeerMetrics`]) instead of
+//! looking a metric up by name on every stream.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+pub const BUILD_INFO: &str = "peerpool_build_info";
+pub const PEERS: &str = "peerpool_peers";
+pub const CONNECTIONS: &str = "peerpool_connections";
+pub const CONNECTION_TARGET: &str = "peerpool_connection_target";
+pub const DIAL_ATTEMPTS: &str = "peerpool_dial_attempts_total";
+pub const DIAL_DURATION: &str = "peerpool_dial_duration_seconds";
+pub const CONNECTION_RESTARTS: &str = "peerpool_connection_restarts_total";
+pub const CONNECTION_CLOSED: &str = "peerpool_connection_closed_total";
+pub const BACKOFF: &str = "peerpool_backoff_seconds";
+pub const HANDSHAKE_FAILURES: &str = "peerpool_handshake_failures_total";
+pub const INBOUND_REFUSED: &str = "peerpool_inbound_refused_total";
+pub const STREAMS_OPENED: &str = "peerpool_streams_opened_total";
+pub const STREAM_OPEN_FAILURES: &str = "peerpool_stream_open_failures_total";
+pub const STREAM_OPEN_DURATION: &str = "peerpool_stream_open_duration_seconds";
+pub const ACTIVE_STREAMS: &str = "peerpool_active_streams";
+pub const RTT: &str = "peerpool_connection_rtt_seconds";
+pub const LOST_PACKETS: &str = "peerpool_lost_packets_total";
+pub const BYTES: &str = "peerpool_bytes_total";
+pub const FORWARD_CONNECTIONS: &str = "peerpool_forward_connections_total";
+pub const SERVICE_STREAMS: &str = "peerpool_service_streams_total";
+pub const FORWARD_DURATION: &str = "peerpool_forward_duration_seconds";
+pub const ACTOR_RESTARTS: &str = "peerpool_actor_restarts_total";
+
+/// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s.
+pub const STREAM_OPEN_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of dial and forward durations: 100 µs to 60 s.
+pub const LONG_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Counters and gauges not touched for this long are dropped: that is how a
+/// removed peer's series disappear. Live peers re-touch theirs every
+/// [`TOUCH_INTERVAL`], so nothing that exists goes missing. Histograms are
+/// kept (an idle histogram would otherwise vanish between rare samples).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Installs the Prometheus recorder for this process (once; later calls
+/// return the same handle) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .idle_timeout(
+                    MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+                    Some(IDLE_TIMEOUT),
+                )
+                .set_buckets_for_metric(
+                    Matcher::Full(STREAM_OPEN_DURATION.into()),
+                    STREAM_OPEN_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LONG_BUCKETS)
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                // Only reachable with an empty bucket list, which the
+                // constants above are not; fall back to summaries.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label is the peerpool version."
+    );
+    describe_gauge!(
+        PEERS,
+        "Peers by state (connecting, healthy, degraded, unreachable, draining)."
+    );
+    describe_gauge!(CONNECTIONS, "Open QUIC connections per peer and direction.");
+    describe_gauge!(
+        CONNECTION_TARGET,
+        "Connections the pool aims to hold per peer (N)."
+    );
+    describe_counter!(
+        DIAL_ATTEMPTS,
+        "Dial attempts by result (ok, timeout, refused, tls, unreachable, error)."
+    );
+    describe_histogram!(
+        DIAL_DURATION,
+        Unit::Seconds,
+        "Time of successful dials: QUIC + TLS handshake + hello."
+    );
+    describe_counter!(
+        CONNECTION_RESTARTS,
+        "Connections redialled after a failure, by the reason the old one ended."
+    );
+    describe_counter!(CONNECTION_CLOSED, "Connections closed, by reason.");
+    describe_gauge!(
+        BACKOFF,
+        Unit::Seconds,
+        "The backoff now being waited out before a redial; 0 when nothing waits."
+    );
+    describe_counter!(HANDSHAKE_FAILURES, "Handshakes refused, by reason (wrong_id, unknown_peer, bad_cert, expired, bad_signature, no_client_cert, alpn, version, tls, timeout).");
+    describe_counter!(INBOUND_REFUSED, "Inbound connections refused after the handshake, by reason (over_limit, unknown, draining).");
+    describe_counter!(
+        STREAMS_OPENED,
+        "Streams opened through the pool, by peer and strategy."
+    );
+    describe_counter!(STREAM_OPEN_FAILURES, "Stream opens that failed, by reason.");
+    describe_histogram!(
+        STREAM_OPEN_DURATION,
+        Unit::Seconds,
+        "Time to open a stream through the pool."
+    );
+    describe_gauge!(
+        ACTIVE_STREAMS,
+        "Streams open now, by peer and direction (outbound: opened by this node)."
+    );
+    describe_gauge!(
+        RTT,
+        Unit::Seconds,
+        "Smoothed RTT: the minimum over the peer's connections."
+    );
+    describe_counter!(
+        LOST_PACKETS,
+        "Packets declared lost on the peer's connections."
+    );
+    describe_counter!(
+        BYTES,
+        Unit::Bytes,
+        "UDP bytes on the peer's connections, by direction (sent, received)."
+    );
+    describe_counter!(
+        FORWARD_CONNECTIONS,
+        "TCP connections accepted by a forward, by result."
+    );
+    describe_counter!(SERVICE_STREAMS, "Inbound streams for a service, by result.");
+    describe_histogram!(
+        FORWARD_DURATION,
+        Unit::Seconds,
+        "Lifetime of forwarded TCP connections."
+    );
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actors restarted by the supervisor after a panic or an unexpected stop."
+    );
+}
+
+/// Counts a handshake refused for `reason` (one of [`HANDSHAKE_REASONS`]).
+pub fn handshake_failure(reason: &'static str) {
+    metrics::counter!(HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+}
+
+/// Counts an inbound connection refused after its handshake (one of
+/// [`INBOUND_REFUSED_REASONS`]).
+pub fn inbound_refused(reason: &'static str) {
+    metrics::counter!(INBOUND_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts an actor restart.
+pub fn actor_restart(actor: &'static str) {
+    metrics::counter!(ACTOR_RESTARTS, "actor" => actor).increment(1);
+}
+
+/// Moves one peer from one state's gauge to another's.
+pub fn peer_state_change(from: Option<&'static str>, to: Option<&'static str>) {
+    if let Some(from) = from {
+        metrics::gauge!(PEERS, "state" => from).decrement(1.0);
+    }
+    if let Some(to) = to {
+        metrics::gauge!(PEERS, "state" => to).increment(1.0);
+    }
+}
+
+/// Why a stream open failed, as a label.
+pub const OPEN_FAILURE_REASONS: [&str; 5] = [
+    "unreachable",
+    "no_connection",
+    "timeout",
+    "draining",
+    "connection",
+];
+/// How a dial attempt ended.
+pub const DIAL_RESULTS: [&str; 5] = ["ok", "timeout", "refused", "tls", "error"];
+/// Why a connection closed (and, for restarts, why the old one ended).
+pub const CLOSE_REASONS: [&str; 8] = [
+    "timeout",
+    "reset",
+    "going_away",
+    "excess",
+    "refused",
+    "peer_closed",
+    "local",
+    "error",
+];
+/// Why a handshake was refused.
+pub const HANDSHAKE_REASONS: [&str; 10] = [
+    "wrong_id",
+    "unknown_peer",
+    "bad_cert",
+    "expired",
+    "bad_signature",
+    "no_client_cert",
+    "alpn",
+    "version",
+    "tls",
+    "timeout",
+];
+/// Why an inbound connection was refused after its handshake.
+pub const INBOUND_REFUSED_REASONS: [&str; 3] = ["over_limit", "unknown", "draining"];
+
+/// The position of `label` in `set`, or the last entry (the catch-all).
+fn index_of(set: &[&str], label: &str) -> usize {
+    set.iter()
+        .position(|r| *r == label)
+        .unwrap_or(set.len().saturating_sub(1))
+}
+
+/// Node-wide series with known label values, created at zero so that
+/// dashboards and alerts see them before the first event.
+pub struct NodeMetrics {
+    handshake: Vec<Counter>,
+    refused: Vec<Counter>,
+    restarts: Counter,
+    peers: Vec<Gauge>,
+}
+
+impl NodeMetrics {
+    pub fn new() -> NodeMetrics {
+        NodeMetrics {
+            handshake: HANDSHAKE_REASONS
+                .iter()
+                .map(|r| metrics::counter!(HANDSHAKE_FAILURES, "reason" => *r))
+                .collect(),
+            refused: INBOUND_REFUSED_REASONS
+                .iter()
+                .map(|r| metrics::counter!(INBOUND_REFUSED, "reason" => *r))
+                .collect(),
+            restarts: metrics::counter!(ACTOR_RESTARTS, "actor" => "peer"),
+            peers: crate::pool::PeerState::ALL
+                .iter()
+                .map(|s| metrics::gauge!(PEERS, "state" => s.as_str()))
+                .collect(),
+        }
+    }
+
+    pub fn touch(&self) {
+        for c in self.handshake.iter().chain(&self.refused) {
+            c.increment(0);
+        }
+        self.restarts.increment(0);
+        for g in &self.peers {
+            g.increment(0.0);
+        }
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics::new()
+    }
+}
+
+/// Pre-registered handles for one peer's metrics.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    pub connections_in: Gauge,
+    pub connections_out: Gauge,
+    pub target: Gauge,
+    pub backoff: Gauge,
+    pub dial_duration: Histogram,
+    pub streams_opened: Counter,
+    pub open_duration: Histogram,
+    pub active_out: Gauge,
+    pub active_in: Gauge,
+    pub rtt: Gauge,
+    pub lost_packets: Counter,
+    pub bytes_sent: Counter,
+    pub bytes_received: Counter,
+    open_failures: Vec<Counter>,
+    dials: Vec<Counter>,
+    closed: Vec<Counter>,
+    restarts: Vec<Counter>,
+}
+
+impl PeerMetrics {
+    pub fn new(peer: &str, strategy: &'static str) -> PeerMetrics {
+        let p = peer.to_string();
+        let labelled =
+            |name: &'static str, key: &'static str, set: &[&'static str]| -> Vec<Counter> {
+                set.iter()
+                    .map(|v| metrics::counter!(name, "peer" => p.clone(), key => *v))
+                    .collect()
+            };
+        PeerMetrics {
+            connections_in: metrics::gauge!(CONNECTIONS, "peer" => p.clone(), "direction" => "inbound"),
+            connections_out: metrics::gauge!(CONNECTIONS, "peer" => p.clone(), "direction" => "outbound"),
+            target: metrics::gauge!(CONNECTION_TARGET, "peer" => p.clone()),
+            backoff: metrics::gauge!(BACKOFF, "peer" => p.clone()),
+            dial_duration: metrics::histogram!(DIAL_DURATION, "peer" => p.clone()),
+            streams_opened: metrics::counter!(STREAMS_OPENED, "peer" => p.clone(), "strategy" => strategy),
+            open_duration: metrics::histogram!(STREAM_OPEN_DURATION, "peer" => p.clone()),
+            active_out: metrics::gauge!(ACTIVE_STREAMS, "peer" => p.clone(), "direction" => "outbound"),
+            active_in: metrics::gauge!(ACTIVE_STREAMS, "peer" => p.clone(), "direction" => "inbound"),
+            rtt: metrics::gauge!(RTT, "peer" => p.clone()),
+            lost_packets: metrics::counter!(LOST_PACKETS, "peer" => p.clone()),
+            bytes_sent: metrics::counter!(BYTES, "peer" => p.clone(), "direction" => "sent"),
+            bytes_received: metrics::counter!(BYTES, "peer" => p.clone(), "direction" => "received"),
+            open_failures: labelled(STREAM_OPEN_FAILURES, "reason", &OPEN_FAILURE_REASONS),
+            dials: labelled(DIAL_ATTEMPTS, "result", &DIAL_RESULTS),
+            closed: labelled(CONNECTION_CLOSED, "reason", &CLOSE_REASONS),
+            restarts: labelled(CONNECTION_RESTARTS, "reason", &CLOSE_REASONS),
+        }
+    }
+
+    pub fn open_failure(&self, reason: &str) {
+        self.open_failures[index_of(&OPEN_FAILURE_REASONS, reason)].increment(1);
+    }
+
+    pub fn dial_attempt(&self, result: &str) {
+        self.dials[index_of(&DIAL_RESULTS, result)].increment(1);
+    }
+
+    pub fn connection_closed(&self, reason: &str) {
+        self.closed[index_of(&CLOSE_REASONS, reason)].increment(1);
+    }
+
+    pub fn connection_restart(&self, reason: &str) {
+        self.restarts[index_of(&CLOSE_REASONS, reason)].increment(1);
+    }
+
+    /// Marks every series of this peer as alive so the idle timeout keeps
+    /// them (histograms are not subject to it).
+    pub fn touch(&self) {
+        for g in [
+            &self.connections_in,
+            &self.connections_out,
+            &self.target,
+            &self.backoff,
+            &self.active_out,
+            &self.active_in,
+            &self.rtt,
+        ] {
+            g.increment(0.0);
+        }
+        let singles = [
+            &self.streams_opened,
+            &self.lost_packets,
+            &self.bytes_sent,
+            &self.bytes_received,
+        ];
+        for c in singles
+            .into_iter()
+            .chain(&self.open_failures)
+            .chain(&self.dials)
+            .chain(&self.closed)
+            .chain(&self.restarts)
+        {
+            c.increment(0);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The application hello: the first bidi stream of every connection.
+//!
+//! TLS alone is not enough to call a connection healthy: a client whose
+//! certificate the server rejects only learns so on its first stream. So the
+//! dialler sends a hello, and the connection counts only once the acceptor
+//! has admitted it and answered.
+//!
+//! ```text
+//! hello (dialler -> acceptor), 45 bytes
+//!   0..4    magic "PPHL"
+//!   4       protocol version (1)
+//!   5..13   dialler's sequence number for this connection, u64 big-endian
+//!   13..45  dialler's peer id (32 bytes; must match its certificate)
+//! answer (acceptor -> dialler), 6 bytes
+//!   0..4    magic "PPHL"
+//!   4       protocol version (1)
+//!   5       status: 0 = admitted
+//! ```
+//!
+//! Refusals are connection closes with a code from [`super::codes`] (a close
+//! frame would discard an answer written just before it).
+
+use std::time::Duration;
+
+use crate::identity::PeerId;
+
+pub const MAGIC: [u8; 4] = *b"PPHL";
+pub const VERSION: u8 = 1;
+pub const HELLO_LEN: usize = 45;
+pub const ANSWER_LEN: usize = 6;
+const ADMITTED: u8 = 0;
+
+/// What the dialler says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u8,
+    pub seq: u64,
+    pub id: PeerId,
+}
+
+/// Why a hello or its answer is unacceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("not a peerpool hello (magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    #[error("hello version {theirs}, this node speaks {VERSION}")]
+    Version { theirs: u8 },
+    #[error("hello refused with status {0}")]
+    Status(u8),
+}
+
+impl Hello {
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut b = [0u8; HELLO_LEN];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4] = self.version;
+        b[5..13].copy_from_slice(&self.seq.to_be_bytes());
+        b[13..].copy_from_slice(self.id.as_bytes());
+        b
+    }
+
+    /// Checks magic and version first, so that a node speaking another
+    /// version is told so even if the rest of its hello differs.
+    pub fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, HelloError> {
+        check_prefix(b)?;
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[5..13]);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&b[13..]);
+        Ok(Hello {
+            version: b[4],
+            seq: u64::from_be_bytes(seq),
+            id: PeerId::from_bytes(id),
+        })
+    }
+}
+
+fn check_prefix(b: &[u8]) -> Result<(), HelloError> {
+    let mut magic = [0u8; 4];
+    magic.copy_from_slice(&b[..4]);
+    if magic != MAGIC {
+        return Err(HelloError::BadMagic(magic));
+    }
+    if b[4] != VERSION {
+        return Err(HelloError::Version { theirs: b[4] });
+    }
+    Ok(())
+}
+
+pub fn encode_answer() -> [u8; ANSWER_LEN] {
+    let mut b = [0u8; ANSWER_LEN];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4] = VERSION;
+    b[5] = ADMITTED;
+    b
+}
+
+pub fn decode_answer(b: &[u8; ANSWER_LEN]) -> Result<(), HelloError> {
+    check_prefix(b)?;
+    match b[5] {
+        ADMITTED => Ok(()),
+        other => Err(HelloError::Status(other)),
+    }
+}
+
+/// Why the hello exchange failed on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("connection lost during hello: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("hello stream: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("hello stream: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("hello stream closed early")]
+    Closed,
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error("no hello within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Dialler side: sends `hello` and waits for the acceptor's answer.
+pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<(), ExchangeError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&hello.encode()).await?;
+    let _ = send.finish();
+    let mut answer = [0u8; ANSWER_LEN];
+    recv.read_exact(&mut answer).await?;
+    decode_answer(&answer)?;
+    Ok(())
+}
+
+/// The acceptor's half of a hello exchange, before it answers.
+pub struct Received {
+    pub hello: Hello,
+    send: quinn::SendStream,
+}
+
+impl Received {
+    /// Tells the dialler it is admitted.
+    pub async fn admit(mut self) -> Result<(), ExchangeError> {
+        self.send.write_all(&encode_answer()).await?;
+        let _ = self.send.finish();
+        Ok(())
+    }
+}
+
+/// Acceptor side: reads the dialler's hello from the first stream.
+pub async fn accept(conn: &quinn::Connection) -> Result<Received, ExchangeError> {
+    let (send, mut recv) = conn.accept_bi().await?;
+    let mut buf = [0u8; HELLO_LEN];
+    recv.read_exact(&mut buf).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => ExchangeError::Closed,
+        other => ExchangeError::Read(other),
+    })?;
+    let hello = Hello::decode(&buf)?;
+    Ok(Received { hello, send })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        let h = Hello {
+            version: VERSION,
+            seq: 7,
+            id: PeerId::from_bytes([9; 32]),
+        };
+        assert_eq!(Hello::decode(&h.encode()), Ok(h));
+        assert_eq!(decode_answer(&encode_answer()), Ok(()));
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let mut b = Hello {
+            version: VERSION,
+            seq: 1,
+            id: PeerId::from_bytes([1; 32]),
+        }
+        .encode();
+        b[4] = 2;
+        assert_eq!(Hello::decode(&b), Err(HelloError::Version { theirs: 2 }));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in any::<[u8; HELLO_LEN]>()) {
+            let _ = Hello::decode(&bytes);
+            let mut a = [0u8; ANSWER_LEN];
+            a.copy_from_slice(&bytes[..ANSWER_LEN]);
+            let _ = decode_answer(&a);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! QUIC and TLS: the endpoint, dialling, the hello, and close codes.
+//!
+//! One quinn [`Endpoint`](quinn::Endpoint) per node, on `node.listen`, is both
+//! server and client. It must be created on a long-lived actix arbiter (the
+//! System's): quinn spawns its drivers on the runtime that creates it, and
+//! they die with that runtime.
+
+pub mod codes;
+pub mod hello;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::config::NodeConfig;
+use crate::identity::{Identity, PeerId};
+use codes::CloseCode;
+use hello::{ExchangeError, Hello};
+use tls::{InboundPolicy, TlsError};
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot bind node.listen {addr}: {source}")]
+    Socket {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("no async runtime: peerpool must start inside an actix System")]
+    NoRuntime,
+}
+
+/// QUIC transport settings shared by both directions.
+pub fn transport_config(node: &NodeConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(node.keep_alive_interval()));
+    // Validation bounds idle_timeout to a week, well inside QUIC's range.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(node.idle_timeout()).ok());
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(node.max_concurrent_streams));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.datagram_receive_buffer_size(None);
+    t
+}
+
+/// Binds the node's UDP socket on `node.listen`.
+pub fn bind_socket(node: &NodeConfig) -> Result<std::net::UdpSocket, BindError> {
+    let addr = node.listen;
+    let socket_err = |source| BindError::Socket { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(socket_err)?;
+    if addr.is_ipv6() {
+        // Dual-stack where the OS allows it; not fatal where it does not.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into()).map_err(socket_err)?;
+    Ok(socket.into())
+}
+
+/// Starts the node's QUIC endpoint on an already bound UDP socket (so tests
+/// and embedders can bind port 0 first and learn the address).
+pub fn endpoint(
+    node: &NodeConfig,
+    identity: &Identity,
+    policy: Arc<dyn InboundPolicy>,
+    udp: std::net::UdpSocket,
+) -> Result<quinn::Endpoint, BindError> {
+    let addr = udp.local_addr().unwrap_or(node.listen);
+    let socket_err = |source| BindError::Socket { addr, source };
+    let sock = socket2::SockRef::from(&udp);
+    // Larger buffers: the default 208 KiB drops packets under bulk load.
+    // The kernel caps these at net.core.{r,w}mem_max without an error.
+    sock.set_recv_buffer_size(node.udp_recv_buffer)
+        .map_err(socket_err)?;
+    sock.set_send_buffer_size(node.udp_send_buffer)
+        .map_err(socket_err)?;
+    udp.set_nonblocking(true).map_err(socket_err)?;
+
+    let tls = tls::server_config(identity, node.alpn.as_bytes(), policy)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(node)));
+    let runtime = quinn::default_runtime().ok_or(BindError::NoRuntime)?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), udp, runtime)
+        .map_err(socket_err)
+}
+
+/// The client config for dialling `expected`.
+pub fn client_config(
+    node: &NodeConfig,
+    identity: &Identity,
+    expected: PeerId,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = tls::client_config(identity, node.alpn.as_bytes(), expected)?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config(node)));
+    Ok(cfg)
+}
+
+/// Why one dial attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot start a connection: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("handshake failed: {0}")]
+    Handshake(quinn::ConnectionError),
+    #[error("refused by the peer: {}", .0.reason)]
+    Refused(CloseCode),
+    #[error("hello failed: {0}")]
+    Hello(ExchangeError),
+}
+
+impl DialError {
+    /// The `result` label of `peerpool_dial_attempts_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DialError::Timeout(_) => "timeout",
+            DialError::Connect(_) => "error",
+            DialError::Refused(_) => "refused",
+            DialError::Handshake(e) | DialError::Hello(ExchangeError::Connection(e)) => match e {
+                quinn::ConnectionError::TimedOut => "timeout",
+                quinn::ConnectionError::TransportError(_)
+                | quinn::ConnectionError::ConnectionClosed(_) => "tls",
+                _ => "error",
+            },
+            DialError::Hello(_) => "error",
+        }
+    }
+}
+
+/// Dials `addr` (expecting the identity in `cfg`), exchanges the hello, and
+/// returns the connection once the peer has admitted it, with the time taken.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+    hello: Hello,
+    timeout: Duration,
+) -> Result<(quinn::Connection, Duration), DialError> {
+    let started = Instant::now();
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(cfg, addr, tls::SERVER_NAME)?
+            .await
+            .map_err(DialError::Handshake)?;
+        if let Err(e) = hello::dial(&conn, hello).await {
+            // A refusal arrives as a close with a documented code.
+            if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+                if let Some(code) = CloseCode::from_code(close.error_code.into_inner()) {
+                    return Err(DialError::Refused(code));
+                }
+            }
+            conn.close(quinn::VarInt::from_u32(0), b"hello failed");
+            return Err(DialError::Hello(e));
+        }
+        Ok(conn)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(conn)) => Ok((conn, started.elapsed())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DialError::Timeout(timeout)),
+    }
+}
+
+/// Why a connection ended, as a metric reason, and whether the pool should
+/// treat it as a failure (back off before redialling).
+pub fn close_reason(e: &quinn::ConnectionError) -> (&'static str, bool) {
+    use quinn::ConnectionError as E;
+    match e {
+        E::LocallyClosed => ("local", false),
+        E::TimedOut => ("timeout", true),
+        E::Reset => ("reset", true),
+        E::ApplicationClosed(close) => match CloseCode::from_code(close.error_code.into_inner()) {
+            Some(codes::EXCESS) => ("excess", false),
+            Some(codes::GOING_AWAY) => ("going_away", true),
+            Some(codes::OVER_LIMIT) | Some(codes::UNKNOWN_PEER) | Some(codes::DRAINING) => {
+                ("refused", true)
+            }
+            _ => ("peer_closed", true),
+        },
+        _ => ("error", true),
+    }
+}

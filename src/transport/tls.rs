@@ -1,0 +1,267 @@
+//! TLS 1.3 with pinned peer ids, both ways.
+//!
+//! There is no CA. Each side presents its self-signed certificate; the other
+//! accepts it only if it is well-formed, currently valid, signed by its own
+//! key, and carries the expected [`PeerId`]: on dial, the id of the peer
+//! dialled; on accept, an id the [`InboundPolicy`] allows. The handshake
+//! signature proves the presenter holds the key. Every refusal is counted
+//! in `peerpool_handshake_failures_total` by reason.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::identity::{verify_certificate, CertError, Identity, PeerId};
+use crate::metrics;
+
+/// The server name every dial uses; certificates are checked by id, not name.
+pub const SERVER_NAME: &str = "peerpool";
+
+/// The one crypto provider of the process (ring), so rustls never has to
+/// guess one (mixing providers panics at run time).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Decides which peer ids may connect in.
+pub trait InboundPolicy: Send + Sync + std::fmt::Debug + 'static {
+    /// `Ok` if `id` may connect; `Err` with a metric reason if not.
+    fn check(&self, id: &PeerId) -> Result<(), &'static str>;
+}
+
+/// Why building a TLS config failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC crypto configuration: {0}")]
+    Quic(String),
+}
+
+fn cert_error(e: &CertError) -> (CertificateError, &'static str) {
+    match e {
+        CertError::Malformed(_) => (CertificateError::BadEncoding, "bad_cert"),
+        CertError::Expired { .. } => (CertificateError::Expired, "expired"),
+        CertError::NotYetValid { .. } => (CertificateError::NotValidYet, "expired"),
+        CertError::BadSignature => (CertificateError::BadSignature, "bad_signature"),
+    }
+}
+
+/// Checks a presented certificate and returns its id, counting a refusal.
+fn check_presented(
+    end_entity: &CertificateDer<'_>,
+    now: UnixTime,
+) -> Result<PeerId, rustls::Error> {
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    verify_certificate(end_entity, now).map_err(|e| {
+        let (err, reason) = cert_error(&e);
+        metrics::handshake_failure(reason);
+        tracing::debug!(error = %e, "refused a peer certificate");
+        rustls::Error::InvalidCertificate(err)
+    })
+}
+
+fn check_signature(
+    algs: &WebPkiSupportedAlgorithms,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, algs).inspect_err(|_| {
+        // The certificate was fine but the handshake was not signed by its
+        // key: someone presents a certificate whose key they do not hold.
+        metrics::handshake_failure("bad_signature");
+    })
+}
+
+/// Client side: the server must be the peer we dialled.
+#[derive(Debug)]
+struct DialVerifier {
+    expected: PeerId,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for DialVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = check_presented(end_entity, now)?;
+        if id != self.expected {
+            metrics::handshake_failure("wrong_id");
+            tracing::warn!(expected = %self.expected, presented = %id, "dialled peer presented another identity");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // QUIC is TLS 1.3 only; the configs below enable nothing else.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        check_signature(&self.algs, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Server side: the client must present a certificate with an allowed id.
+#[derive(Debug)]
+struct AcceptVerifier {
+    policy: Arc<dyn InboundPolicy>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AcceptVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let id = check_presented(end_entity, now)?;
+        if let Err(reason) = self.policy.check(&id) {
+            metrics::handshake_failure(reason);
+            tracing::info!(peer = %id, reason, "refused an inbound connection");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        check_signature(&self.algs, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The rustls server config of a node.
+pub fn server_config(
+    identity: &Identity,
+    alpn: &[u8],
+    policy: Arc<dyn InboundPolicy>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(AcceptVerifier {
+        policy,
+        algs: provider.signature_verification_algorithms,
+    });
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
+/// The rustls client config for dialling the peer `expected`.
+pub fn client_config(
+    identity: &Identity,
+    alpn: &[u8],
+    expected: PeerId,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(DialVerifier {
+        expected,
+        algs: provider.signature_verification_algorithms,
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
+/// The peer id of an established connection, from its certificate.
+pub fn remote_id(conn: &quinn::Connection) -> Option<PeerId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let first = certs.first()?;
+    crate::identity::peer_id_of_cert(first).ok()
+}
+
+/// Labels a handshake that failed on this side for a reason the verifiers
+/// did not already count (they count certificate problems themselves).
+pub fn uncounted_handshake_failure(e: &quinn::ConnectionError) -> Option<&'static str> {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TransportError(te) => {
+            let code = u64::from(te.code);
+            if !(0x100..0x200).contains(&code) {
+                return Some("tls");
+            }
+            // TLS alerts (RFC 8446 §6): the ones our verifiers raise were
+            // counted where they were raised.
+            match code - 0x100 {
+                42 | 45 | 49 | 51 => None,
+                116 => Some("no_client_cert"),
+                120 => Some("alpn"),
+                _ => Some("tls"),
+            }
+        }
+        E::TimedOut => Some("timeout"),
+        _ => None,
+    }
+}
