@@ -11,13 +11,18 @@
 //!   application hello, close codes.
 //! - [`actors`]: the supervisor and one `PeerActor` per peer, and [`Pool`],
 //!   the handle the rest of the program (and library users) hold.
+//! - [`sidecar`]: TCP forwarding over pooled streams, services, the admin
+//!   HTTP API, and the node that runs them with a graceful drain.
 //! - [`metrics`]: every metric name, help text and bucket set.
+//! - [`tools`]: `peerpool demo` and `peerpool load`.
 
 pub mod actors;
 pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod pool;
+pub mod sidecar;
+pub mod tools;
 pub mod transport;
 
 pub use actors::{

@@ -1,13 +1,17 @@
 //! The `peerpool` command line. Errors from the library are printed here, at
 //! the edge, with the context of the command that hit them.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use peerpool::config::{Config, ConfigError, Loaded};
 use peerpool::identity::{self, IdentityError};
+use peerpool::sidecar::{Listeners, Node};
+use peerpool::tools::{demo, load};
 
 /// Exit code for bad input: a bad config, a missing file, an existing key.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -43,6 +47,57 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the sidecar: the pool, the forwards, the services, the admin API.
+    /// SIGTERM or SIGINT drains and exits 0; a second signal exits at once.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format (RUST_LOG sets the level, default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Start 3 nodes on loopback, drive traffic through them, restart one
+    /// halfway, and show the pools healing. No files or flags needed.
+    Demo {
+        /// Seconds of traffic; 0 runs until Ctrl-C.
+        #[arg(long, default_value_t = 15)]
+        duration: u64,
+    },
+    /// Load-test a forward (or any TCP echo service), or serve as the echo
+    /// upstream with --serve-echo.
+    Load {
+        /// Address of the forward or echo service to load.
+        #[arg(long, required_unless_present = "serve_echo")]
+        target: Option<SocketAddr>,
+        /// Serve TCP echo on this address instead (until Ctrl-C).
+        #[arg(long, conflicts_with = "target")]
+        serve_echo: Option<SocketAddr>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Bytes per request (echo) or per chunk (bulk).
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, value_enum, default_value_t = load::Mode::Echo)]
+        mode: load::Mode,
+        /// A new TCP connection per request instead of persistent ones.
+        #[arg(long)]
+        connection_per_request: bool,
+        /// Stop after this many requests in all.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Print one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +116,160 @@ fn main() -> ExitCode {
             Err(e) => fail(EXIT_BAD_INPUT, &e.to_string()),
         },
         Command::Check { config } => check(config),
+        Command::Run { config, log_format } => run(config, log_format),
+        Command::Demo { duration } => demo::run(demo::Options { duration }),
+        Command::Load {
+            target,
+            serve_echo,
+            concurrency,
+            duration,
+            size,
+            mode,
+            connection_per_request,
+            requests,
+            json,
+        } => {
+            let Ok(duration) = Duration::try_from_secs_f64(duration) else {
+                return fail(
+                    EXIT_BAD_INPUT,
+                    "--duration must be a non-negative number of seconds",
+                );
+            };
+            match (serve_echo, target) {
+                (Some(addr), _) => run_echo_server(addr),
+                (None, Some(target)) => run_load(
+                    load::Options {
+                        target,
+                        concurrency,
+                        duration,
+                        size,
+                        mode,
+                        connection_per_request,
+                        requests,
+                        request_timeout: Duration::from_secs(10),
+                    },
+                    json,
+                ),
+                (None, None) => fail(EXIT_BAD_INPUT, "give --target or --serve-echo"),
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(path: PathBuf, format: LogFormat) -> ExitCode {
+    init_logging(format);
+    let loaded = match Config::load(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            for p in e.problems() {
+                eprintln!("{p}");
+            }
+            return fail(
+                EXIT_BAD_INPUT,
+                &format!("{} is not a usable config", path.display()),
+            );
+        }
+    };
+    let listeners = match Listeners::bind(&loaded.config) {
+        Ok(l) => l,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        let node = Node::start(loaded, listeners)?;
+        first_signal().await;
+        // A second signal does not wait for the drain.
+        actix_rt::spawn(async {
+            first_signal().await;
+            eprintln!("peerpool: second signal, exiting without draining");
+            std::process::exit(130);
+        });
+        node.shutdown().await;
+        Ok::<(), peerpool::sidecar::NodeError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn first_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the node can only be killed; run anyway.
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, &format!("cannot start a runtime: {e}")))
+}
+
+fn run_echo_server(addr: SocketAddr) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => return fail(1, &format!("cannot bind --serve-echo {addr}: {e}")),
+        };
+        eprintln!("serving TCP echo on {addr}; Ctrl-C to stop");
+        tokio::select! {
+            _ = load::serve_echo(listener) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_load(opts: load::Options, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    if !json {
+        eprintln!(
+            "loading {} with {} connections of {} bytes for {:?}",
+            opts.target, opts.concurrency, opts.size, opts.duration
+        );
+    }
+    let report = rt.block_on(load::run(opts));
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    if report.requests == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -32,39 +32,48 @@ fn loads(pool: &Pool, peer: &peerpool::PeerId) -> HashMap<u64, usize> {
         .collect()
 }
 
+/// The connections of `of` to `other`, named the same way on both ends:
+/// (dialled by `of`?, the dialler's sequence number).
+fn named(of: &Pool, other: &peerpool::PeerId) -> Vec<(bool, u64)> {
+    let mut v: Vec<(bool, u64)> = of
+        .get_connections(Some(other))
+        .iter()
+        .map(|c| (c.direction == peerpool::Direction::Outbound, c.dial_seq))
+        .collect();
+    v.sort();
+    v
+}
+
 async fn assert_settles_on(a: &Node, b: &Node, n: usize) {
     let (ida, idb) = (a.identity.id, b.identity.id);
+    // Settled: both ends hold the same N usable connections.
+    let agree = || {
+        let on_a = named(&a.pool, &idb);
+        let mut on_b: Vec<(bool, u64)> = named(&b.pool, &ida)
+            .into_iter()
+            .map(|(out, seq)| (!out, seq))
+            .collect();
+        on_b.sort();
+        on_a.len() == n && on_a == on_b && usable(&a.pool, &idb) == n && usable(&b.pool, &ida) == n
+    };
     wait_for(
-        "both sides at N usable and nothing retiring",
+        "both ends hold the same N usable connections",
         SETTLE,
-        || {
-            usable(&a.pool, &idb) == n
-                && all_conns(&a.pool, &idb) == n
-                && usable(&b.pool, &ida) == n
-                && all_conns(&b.pool, &ida) == n
-        },
+        agree,
     )
     .await;
-    // Settled means it stays there: watch the connection numbers for a while
-    // (observing stability, not synchronising on a sleep).
-    let numbers = |p: &Pool, id| {
-        let mut v: Vec<u64> = p
-            .get_connections(Some(id))
-            .iter()
-            .map(|c| c.number)
-            .collect();
-        v.sort();
-        v
-    };
-    let before = (numbers(&a.pool, &idb), numbers(&b.pool, &ida));
+    // Settled means it stays there: watch for a while (observing stability,
+    // not synchronising on a sleep).
+    let before = named(&a.pool, &idb);
     let watch_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < watch_until {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
-            (numbers(&a.pool, &idb), numbers(&b.pool, &ida)),
+            named(&a.pool, &idb),
             before,
             "connections changed after settling (flapping)"
         );
+        assert!(agree(), "the two ends disagree after settling");
     }
     assert_eq!(a.pool.peer("b").unwrap().state, PeerState::Healthy);
     assert_eq!(b.pool.peer("a").unwrap().state, PeerState::Healthy);

@@ -49,6 +49,8 @@ pub(crate) struct NodeContext {
     next_dial_seq: AtomicU64,
     pub shutting_down: AtomicBool,
     pub node_metrics: crate::metrics::NodeMetrics,
+    /// Random per process start; sent in every hello (see `transport::hello`).
+    pub instance: u64,
 }
 
 impl NodeContext {
@@ -73,6 +75,7 @@ impl NodeContext {
             next_dial_seq: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             node_metrics: crate::metrics::NodeMetrics::new(),
+            instance: rand::random(),
         }
     }
 

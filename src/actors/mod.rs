@@ -16,5 +16,4 @@ mod supervisor;
 pub use context::{IncomingStream, StreamHandler};
 pub use error::PoolError;
 pub use handle::Pool;
-pub use peer::STREAM_REFUSED_DRAINING;
 pub use shared::{ConnectionInfo, Direction, PeerStatus, PooledRecv, PooledSend, PooledStream};

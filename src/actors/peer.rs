@@ -30,13 +30,12 @@ use crate::transport::{self, codes, codes::CloseCode, hello::Hello};
 const TICK: Duration = Duration::from_secs(1);
 /// Time constant of the RTT peak-EWMA used by the `latency` strategy.
 const RTT_TAU: Duration = Duration::from_secs(10);
-/// Streams a peer may open on one of our connections while we drain it are
-/// refused with this stream error code (see README "Wire protocol").
-pub const STREAM_REFUSED_DRAINING: u32 = 0x16;
 
 struct LiveConn {
     meta: Arc<ConnMeta>,
     rank: ConnRank,
+    /// The peer process this connection reaches.
+    instance: u64,
     retiring: bool,
     ewma: PeakEwma,
     /// Counters of this connection already added to the peer's totals.
@@ -173,6 +172,7 @@ impl PeerActor {
             version: transport::hello::VERSION,
             seq,
             id: self.node.local_id(),
+            instance: self.node.instance,
         };
         let endpoint = self.node.endpoint.clone();
         let timeout = self.node.config.pool.connection_timeout();
@@ -187,26 +187,37 @@ impl PeerActor {
         &mut self,
         slot: usize,
         seq: u64,
-        result: Result<(quinn::Connection, Duration), transport::DialError>,
+        result: Result<transport::Dialled, transport::DialError>,
         ctx: &mut Context<Self>,
     ) {
         self.dials.remove(&slot);
         let now = self.node.now();
         match result {
-            Ok((conn, took)) => {
+            Ok(dialled) => {
                 self.shared.metrics.dial_attempt("ok");
-                self.shared.metrics.dial_duration.record(took.as_secs_f64());
+                self.shared
+                    .metrics
+                    .dial_duration
+                    .record(dialled.took.as_secs_f64());
                 if self.draining {
-                    codes::REMOVED.close(&conn);
+                    codes::REMOVED.close(&dialled.conn);
                     return;
                 }
                 let rank = ConnRank {
                     dialed_by_smaller_id: self.node.local_id() < self.shared.id(),
                     seq,
                 };
+                self.drop_stale(dialled.instance, ctx);
                 let key = self.node.next_conn_key();
                 self.planner.dial_succeeded(slot, key, now);
-                self.add_conn(key, conn, Direction::Outbound, rank, ctx);
+                self.add_conn(
+                    key,
+                    dialled.conn,
+                    Direction::Outbound,
+                    rank,
+                    dialled.instance,
+                    ctx,
+                );
                 self.resolve_excess(ctx);
             }
             Err(e) => {
@@ -235,9 +246,10 @@ impl PeerActor {
         conn: quinn::Connection,
         direction: Direction,
         rank: ConnRank,
+        instance: u64,
         ctx: &mut Context<Self>,
     ) {
-        let meta = Arc::new(ConnMeta::new(key, conn.clone(), direction));
+        let meta = Arc::new(ConnMeta::new(key, conn.clone(), direction, rank.seq));
         let mut ewma = PeakEwma::new(RTT_TAU);
         ewma.observe(conn.rtt().as_secs_f64(), self.node.now());
         {
@@ -253,6 +265,7 @@ impl PeerActor {
             LiveConn {
                 meta: meta.clone(),
                 rank,
+                instance,
                 retiring: false,
                 ewma,
                 seen: [0; 3],
@@ -303,6 +316,25 @@ impl PeerActor {
         (keys, ranks)
     }
 
+    /// A connection from another instance of the peer means the peer
+    /// restarted: every connection to an earlier instance is dead (its
+    /// process is gone), so drop them now rather than after an idle timeout.
+    fn drop_stale(&mut self, instance: u64, ctx: &mut Context<Self>) {
+        let stale: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.instance != instance && !c.retiring)
+            .map(|(k, _)| *k)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        tracing::info!(peer = %self.name(), stale = stale.len(), "peer restarted; dropping connections to its previous instance");
+        for key in stale {
+            self.retire_now(key, codes::STALE, ctx);
+        }
+    }
+
     /// Retires the worst-ranked connections beyond N (see [`crate::pool::limit`]).
     fn resolve_excess(&mut self, ctx: &mut Context<Self>) {
         let (keys, ranks) = self.usable_ranks();
@@ -314,6 +346,21 @@ impl PeerActor {
     /// Stops routing new streams to a connection and closes it once its
     /// streams finish (or after the drain timeout).
     fn retire(&mut self, key: ConnKey, code: CloseCode, ctx: &mut Context<Self>) {
+        self.retire_after(key, code, self.node.drain_timeout(), ctx);
+    }
+
+    /// Retires a connection that is known dead: close it without waiting.
+    fn retire_now(&mut self, key: ConnKey, code: CloseCode, ctx: &mut Context<Self>) {
+        self.retire_after(key, code, Duration::ZERO, ctx);
+    }
+
+    fn retire_after(
+        &mut self,
+        key: ConnKey,
+        code: CloseCode,
+        timeout: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
@@ -333,7 +380,6 @@ impl PeerActor {
         }
         tracing::debug!(peer = %self.name(), conn = key, reason = code.reason, "retiring connection");
         self.apply(PeerEvent::ConnectionDown);
-        let timeout = self.node.drain_timeout();
         ctx.spawn(
             async move {
                 let _ = tokio::time::timeout(timeout, meta.wait_idle()).await;
@@ -511,7 +557,7 @@ async fn serve_inbound(
 ) {
     while let Ok((mut send, mut recv)) = meta.conn.accept_bi().await {
         if peer.is_draining() {
-            let code = quinn::VarInt::from_u32(STREAM_REFUSED_DRAINING);
+            let code = quinn::VarInt::from_u32(codes::stream::DRAINING);
             let _ = send.reset(code);
             let _ = recv.stop(code);
             continue;
@@ -629,6 +675,7 @@ impl Handler<Admit> for PeerActor {
             dialed_by_smaller_id: self.shared.id() < self.node.local_id(),
             seq: msg.hello.seq,
         };
+        self.drop_stale(msg.hello.instance, ctx);
         let (_, ranks) = self.usable_ranks();
         if crate::pool::admit(&ranks, rank, self.shared.target) == crate::pool::Admission::Refuse {
             crate::metrics::inbound_refused("over_limit");
@@ -637,7 +684,8 @@ impl Handler<Admit> for PeerActor {
         }
         let key = self.node.next_conn_key();
         self.planner.connection_added(key, self.node.now());
-        self.add_conn(key, msg.conn, Direction::Inbound, rank, ctx);
+        let instance = msg.hello.instance;
+        self.add_conn(key, msg.conn, Direction::Inbound, rank, instance, ctx);
         self.resolve_excess(ctx);
         self.drive(ctx);
         Ok(())

@@ -52,6 +52,9 @@ pub(crate) struct ConnMeta {
     pub key: ConnKey,
     pub conn: quinn::Connection,
     pub direction: Direction,
+    /// The dialler's sequence number (from the hello): with `direction`, it
+    /// names the connection the same way on both ends.
+    pub dial_seq: u64,
     pub opened_at: SystemTime,
     pub opened: Instant,
     /// Streams this node opened on it, still open.
@@ -63,11 +66,17 @@ pub(crate) struct ConnMeta {
 }
 
 impl ConnMeta {
-    pub fn new(key: ConnKey, conn: quinn::Connection, direction: Direction) -> ConnMeta {
+    pub fn new(
+        key: ConnKey,
+        conn: quinn::Connection,
+        direction: Direction,
+        dial_seq: u64,
+    ) -> ConnMeta {
         ConnMeta {
             key,
             conn,
             direction,
+            dial_seq,
             opened_at: SystemTime::now(),
             opened: Instant::now(),
             out_streams: AtomicUsize::new(0),
@@ -98,6 +107,7 @@ impl ConnMeta {
         ConnectionInfo {
             number: self.key,
             direction: self.direction,
+            dial_seq: self.dial_seq,
             remote_addr: self.conn.remote_address(),
             opened_at: rfc3339(self.opened_at),
             age_seconds: self.opened.elapsed().as_secs_f64(),
@@ -125,6 +135,9 @@ pub struct ConnectionInfo {
     /// A number stable for the connection's life, unique within the node.
     pub number: u64,
     pub direction: Direction,
+    /// The dialler's sequence number for it: `(direction, dial_seq)` names
+    /// the same connection on both ends.
+    pub dial_seq: u64,
     pub remote_addr: SocketAddr,
     /// RFC 3339.
     pub opened_at: String,

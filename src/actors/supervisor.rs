@@ -392,7 +392,7 @@ async fn handle_incoming(
         .await
     {
         Ok(Ok(())) => {
-            if let Err(e) = received.admit().await {
+            if let Err(e) = received.admit(node.instance).await {
                 tracing::debug!(peer = %id, error = %e, "could not answer the hello");
             }
         }

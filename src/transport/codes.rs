@@ -79,7 +79,13 @@ pub const CLOSED_BY_OPERATOR: CloseCode = CloseCode {
     reason: "closed by operator",
 };
 
-pub const ALL: [CloseCode; 10] = [
+/// The peer restarted: this connection belongs to its previous process.
+pub const STALE: CloseCode = CloseCode {
+    code: 0xb,
+    reason: "previous instance of the peer",
+};
+
+pub const ALL: [CloseCode; 11] = [
     GOING_AWAY,
     EXCESS,
     OVER_LIMIT,
@@ -90,7 +96,15 @@ pub const ALL: [CloseCode; 10] = [
     RESTART,
     DRAINING,
     CLOSED_BY_OPERATOR,
+    STALE,
 ];
+
+/// QUIC stream error codes used by the pool itself (the sidecar's stream
+/// codes are in `sidecar::header`).
+pub mod stream {
+    /// A stream the peer opened while this node drains it, refused.
+    pub const DRAINING: u32 = 0x16;
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,16 +6,22 @@
 //! has admitted it and answered.
 //!
 //! ```text
-//! hello (dialler -> acceptor), 45 bytes
+//! hello (dialler -> acceptor), 53 bytes
 //!   0..4    magic "PPHL"
 //!   4       protocol version (1)
 //!   5..13   dialler's sequence number for this connection, u64 big-endian
 //!   13..45  dialler's peer id (32 bytes; must match its certificate)
-//! answer (acceptor -> dialler), 6 bytes
+//!   45..53  dialler's instance: random per process start, u64 big-endian
+//! answer (acceptor -> dialler), 14 bytes
 //!   0..4    magic "PPHL"
 //!   4       protocol version (1)
 //!   5       status: 0 = admitted
+//!   6..14   acceptor's instance, u64 big-endian
 //! ```
+//!
+//! The instance lets each end tell a restarted peer from the one it knew:
+//! connections to an earlier instance are dead (their process is gone) and
+//! are dropped at once instead of after an idle timeout.
 //!
 //! Refusals are connection closes with a code from [`super::codes`] (a close
 //! frame would discard an answer written just before it).
@@ -26,8 +32,8 @@ use crate::identity::PeerId;
 
 pub const MAGIC: [u8; 4] = *b"PPHL";
 pub const VERSION: u8 = 1;
-pub const HELLO_LEN: usize = 45;
-pub const ANSWER_LEN: usize = 6;
+pub const HELLO_LEN: usize = 53;
+pub const ANSWER_LEN: usize = 14;
 const ADMITTED: u8 = 0;
 
 /// What the dialler says.
@@ -36,6 +42,7 @@ pub struct Hello {
     pub version: u8,
     pub seq: u64,
     pub id: PeerId,
+    pub instance: u64,
 }
 
 /// Why a hello or its answer is unacceptable.
@@ -55,7 +62,8 @@ impl Hello {
         b[..4].copy_from_slice(&MAGIC);
         b[4] = self.version;
         b[5..13].copy_from_slice(&self.seq.to_be_bytes());
-        b[13..].copy_from_slice(self.id.as_bytes());
+        b[13..45].copy_from_slice(self.id.as_bytes());
+        b[45..].copy_from_slice(&self.instance.to_be_bytes());
         b
     }
 
@@ -63,16 +71,21 @@ impl Hello {
     /// version is told so even if the rest of its hello differs.
     pub fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, HelloError> {
         check_prefix(b)?;
-        let mut seq = [0u8; 8];
-        seq.copy_from_slice(&b[5..13]);
         let mut id = [0u8; 32];
-        id.copy_from_slice(&b[13..]);
+        id.copy_from_slice(&b[13..45]);
         Ok(Hello {
             version: b[4],
-            seq: u64::from_be_bytes(seq),
+            seq: be_u64(&b[5..13]),
             id: PeerId::from_bytes(id),
+            instance: be_u64(&b[45..53]),
         })
     }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(x)
 }
 
 fn check_prefix(b: &[u8]) -> Result<(), HelloError> {
@@ -87,18 +100,20 @@ fn check_prefix(b: &[u8]) -> Result<(), HelloError> {
     Ok(())
 }
 
-pub fn encode_answer() -> [u8; ANSWER_LEN] {
+pub fn encode_answer(instance: u64) -> [u8; ANSWER_LEN] {
     let mut b = [0u8; ANSWER_LEN];
     b[..4].copy_from_slice(&MAGIC);
     b[4] = VERSION;
     b[5] = ADMITTED;
+    b[6..].copy_from_slice(&instance.to_be_bytes());
     b
 }
 
-pub fn decode_answer(b: &[u8; ANSWER_LEN]) -> Result<(), HelloError> {
+/// The acceptor's instance, if it admitted the connection.
+pub fn decode_answer(b: &[u8; ANSWER_LEN]) -> Result<u64, HelloError> {
     check_prefix(b)?;
     match b[5] {
-        ADMITTED => Ok(()),
+        ADMITTED => Ok(be_u64(&b[6..14])),
         other => Err(HelloError::Status(other)),
     }
 }
@@ -120,15 +135,15 @@ pub enum ExchangeError {
     Timeout(Duration),
 }
 
-/// Dialler side: sends `hello` and waits for the acceptor's answer.
-pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<(), ExchangeError> {
+/// Dialler side: sends `hello` and waits for the acceptor's answer; returns
+/// the acceptor's instance.
+pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<u64, ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&hello.encode()).await?;
     let _ = send.finish();
     let mut answer = [0u8; ANSWER_LEN];
     recv.read_exact(&mut answer).await?;
-    decode_answer(&answer)?;
-    Ok(())
+    Ok(decode_answer(&answer)?)
 }
 
 /// The acceptor's half of a hello exchange, before it answers.
@@ -138,9 +153,9 @@ pub struct Received {
 }
 
 impl Received {
-    /// Tells the dialler it is admitted.
-    pub async fn admit(mut self) -> Result<(), ExchangeError> {
-        self.send.write_all(&encode_answer()).await?;
+    /// Tells the dialler it is admitted by this node's `instance`.
+    pub async fn admit(mut self, instance: u64) -> Result<(), ExchangeError> {
+        self.send.write_all(&encode_answer(instance)).await?;
         let _ = self.send.finish();
         Ok(())
     }
@@ -169,9 +184,10 @@ mod tests {
             version: VERSION,
             seq: 7,
             id: PeerId::from_bytes([9; 32]),
+            instance: 0xdead_beef,
         };
         assert_eq!(Hello::decode(&h.encode()), Ok(h));
-        assert_eq!(decode_answer(&encode_answer()), Ok(()));
+        assert_eq!(decode_answer(&encode_answer(42)), Ok(42));
     }
 
     #[test]
@@ -180,6 +196,7 @@ mod tests {
             version: VERSION,
             seq: 1,
             id: PeerId::from_bytes([1; 32]),
+            instance: 1,
         }
         .encode();
         b[4] = 2;

@@ -139,35 +139,51 @@ impl DialError {
     }
 }
 
+/// A connection the peer admitted.
+pub struct Dialled {
+    pub conn: quinn::Connection,
+    /// Handshake plus hello.
+    pub took: Duration,
+    /// The peer's instance (see [`hello`]).
+    pub instance: u64,
+}
+
 /// Dials `addr` (expecting the identity in `cfg`), exchanges the hello, and
-/// returns the connection once the peer has admitted it, with the time taken.
+/// returns the connection once the peer has admitted it.
 pub async fn dial(
     endpoint: &quinn::Endpoint,
     cfg: quinn::ClientConfig,
     addr: SocketAddr,
     hello: Hello,
     timeout: Duration,
-) -> Result<(quinn::Connection, Duration), DialError> {
+) -> Result<Dialled, DialError> {
     let started = Instant::now();
     let attempt = async {
         let conn = endpoint
             .connect_with(cfg, addr, tls::SERVER_NAME)?
             .await
             .map_err(DialError::Handshake)?;
-        if let Err(e) = hello::dial(&conn, hello).await {
-            // A refusal arrives as a close with a documented code.
-            if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
-                if let Some(code) = CloseCode::from_code(close.error_code.into_inner()) {
-                    return Err(DialError::Refused(code));
+        match hello::dial(&conn, hello).await {
+            Ok(instance) => Ok((conn, instance)),
+            Err(e) => {
+                // A refusal arrives as a close with a documented code.
+                if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason()
+                {
+                    if let Some(code) = CloseCode::from_code(close.error_code.into_inner()) {
+                        return Err(DialError::Refused(code));
+                    }
                 }
+                conn.close(quinn::VarInt::from_u32(0), b"hello failed");
+                Err(DialError::Hello(e))
             }
-            conn.close(quinn::VarInt::from_u32(0), b"hello failed");
-            return Err(DialError::Hello(e));
         }
-        Ok(conn)
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(conn)) => Ok((conn, started.elapsed())),
+        Ok(Ok((conn, instance))) => Ok(Dialled {
+            conn,
+            took: started.elapsed(),
+            instance,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(DialError::Timeout(timeout)),
     }

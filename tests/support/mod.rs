@@ -155,3 +155,78 @@ pub async fn echo_once(
         .map_err(|e| e.to_string())?;
     Ok(out)
 }
+
+/// A blocking HTTP call for tests: (status, body). Run it off the actix
+/// thread (`tokio::task::spawn_blocking`) when the server is in-process.
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let result = match method {
+        "GET" => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = agent.delete(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "POST" => {
+            let mut r = agent.post(url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.unwrap_or(""))
+        }
+        other => panic!("unsupported method {other}"),
+    };
+    match result {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            (status, text)
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// `http` from async code without blocking the runtime.
+pub async fn http_async(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let (m, u, t, b) = (
+        method.to_string(),
+        url.to_string(),
+        token.map(str::to_string),
+        body.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || http(&m, &u, t.as_deref(), b.as_deref()))
+        .await
+        .expect("http call panicked")
+}
+
+/// A free TCP port on loopback (bound and released: for configs of child
+/// processes, which must bind by themselves).
+pub fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A free UDP port on loopback, likewise.
+pub fn free_udp() -> SocketAddr {
+    udp().local_addr().unwrap()
+}

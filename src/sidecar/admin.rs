@@ -1,0 +1,214 @@
+//! The admin HTTP API (actix-web) on `admin.listen`.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 `ok` while the process runs (never needs the token) |
+//! | `GET /readyz` | 200 when every peer with an `addr` has a usable connection, else 503 naming the others |
+//! | `GET /peers` | every peer's status as JSON |
+//! | `POST /peers` | `{"name","id","addr"}`: 201, 400, 409 |
+//! | `DELETE /peers/{name}` | drains and removes: 202, 404 |
+//!
+//! With `admin.token` set, everything but `/healthz` answers 401 without
+//! `Authorization: Bearer <token>`.
+
+use std::net::TcpListener;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use crate::config::{check_peer_name, PeerConfig};
+use crate::{Pool, PoolError};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+struct AdminState {
+    pool: Pool,
+    metrics: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody {
+        error: message.into(),
+    })
+}
+
+/// Starts the admin server on `listener` (one worker thread) and returns
+/// the handle that stops it.
+pub fn start(
+    listener: TcpListener,
+    pool: Pool,
+    metrics: PrometheusHandle,
+    token: String,
+) -> std::io::Result<ServerHandle> {
+    let process = metrics_process::Collector::default();
+    process.describe();
+    let state = web::Data::new(AdminState {
+        pool,
+        metrics,
+        process,
+    });
+    let token = web::Data::new(Token(token));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(token.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY_BYTES)
+                    .error_handler(|err, _| {
+                        let status = match &err {
+                            actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
+                            | actix_web::error::JsonPayloadError::Overflow { .. } => {
+                                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
+                            }
+                            _ => actix_web::http::StatusCode::BAD_REQUEST,
+                        };
+                        let response = error(status, format!("bad request body: {err}"));
+                        actix_web::error::InternalError::from_response(err, response).into()
+                    }),
+            )
+            .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
+            .wrap(from_fn(require_token))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(render_metrics))
+            .route("/peers", web::get().to(list_peers))
+            .route("/peers", web::post().to(add_peer))
+            .route("/peers/{name}", web::delete().to(remove_peer))
+            .default_service(web::to(|| async {
+                error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
+}
+
+struct Token(String);
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let token = req
+        .app_data::<web::Data<Token>>()
+        .map(|t| t.0.clone())
+        .unwrap_or_default();
+    let open = token.is_empty() || req.path() == "/healthz";
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if open || same(presented.as_bytes(), token.as_bytes()) {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let response = HttpResponse::Unauthorized()
+        .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"))
+        .json(ErrorBody {
+            error: "missing or wrong bearer token (admin.token is set)".into(),
+        });
+    Ok(req.into_response(response).map_into_right_body())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    not_ready: Vec<String>,
+}
+
+async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
+    let not_ready: Vec<String> = state
+        .pool
+        .peers()
+        .into_iter()
+        .filter(|p| p.addr.is_some() && !p.connections.iter().any(|c| c.usable))
+        .map(|p| p.name)
+        .collect();
+    let body = Readiness {
+        ready: not_ready.is_empty(),
+        not_ready,
+    };
+    if body.ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn render_metrics(state: web::Data<AdminState>) -> HttpResponse {
+    state.process.collect();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn list_peers(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.pool.peers())
+}
+
+async fn add_peer(state: web::Data<AdminState>, body: web::Json<PeerConfig>) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let peer = body.into_inner();
+    if let Err(m) = check_peer_name(&peer.name) {
+        return error(StatusCode::BAD_REQUEST, format!("name: {m}"));
+    }
+    let name = peer.name.clone();
+    match state.pool.add_peer(peer).await {
+        Ok(()) => match state.pool.peer(&name) {
+            Some(status) => HttpResponse::Created().json(status),
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "peer vanished after being added",
+            ),
+        },
+        Err(e @ PoolError::PeerExists(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ PoolError::InvalidPeer(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn remove_peer(state: web::Data<AdminState>, name: web::Path<String>) -> HttpResponse {
+    let name = name.into_inner();
+    if state.pool.peer(&name).is_none() {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            format!("no peer named {name:?}"),
+        );
+    }
+    let pool = state.pool.clone();
+    let draining = name.clone();
+    actix_rt::spawn(async move {
+        if let Err(e) = pool.remove_peer(&draining).await {
+            tracing::warn!(peer = %draining, error = %e, "removing a peer failed");
+        }
+    });
+    HttpResponse::Accepted().json(serde_json::json!({ "removing": name }))
+}
