@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, Gauge, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -37,6 +37,8 @@ pub const FORWARD_CONNECTIONS: &str = "peerpool_forward_connections_total";
 pub const SERVICE_STREAMS: &str = "peerpool_service_streams_total";
 pub const FORWARD_DURATION: &str = "peerpool_forward_duration_seconds";
 pub const ACTOR_RESTARTS: &str = "peerpool_actor_restarts_total";
+pub const PEER_STATE: &str = "peerpool_peer_state";
+pub const READY: &str = "peerpool_ready";
 
 /// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s.
 pub const STREAM_OPEN_BUCKETS: &[f64] = &[
@@ -49,10 +51,11 @@ pub const LONG_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Counters and gauges not touched for this long are dropped: that is how a
-/// removed peer's series disappear. Live peers re-touch theirs every
-/// [`TOUCH_INTERVAL`], so nothing that exists goes missing. Histograms are
-/// kept (an idle histogram would otherwise vanish between rare samples).
+/// Series not touched for this long are dropped: that is how a removed
+/// peer's series disappear. Live peers re-touch their counters and gauges
+/// every [`TOUCH_INTERVAL`], so nothing that exists goes missing; a
+/// histogram without samples for this long is dropped and starts again at
+/// its next sample (Prometheus treats that as a counter reset).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -63,10 +66,7 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .idle_timeout(
-                    MetricKindMask::COUNTER | MetricKindMask::GAUGE,
-                    Some(IDLE_TIMEOUT),
-                )
+                .idle_timeout(MetricKindMask::ALL, Some(IDLE_TIMEOUT))
                 .set_buckets_for_metric(
                     Matcher::Full(STREAM_OPEN_DURATION.into()),
                     STREAM_OPEN_BUCKETS,
@@ -169,6 +169,14 @@ fn describe() {
         ACTOR_RESTARTS,
         "Actors restarted by the supervisor after a panic or an unexpected stop."
     );
+    describe_gauge!(
+        PEER_STATE,
+        "1 for the state each peer is in, 0 for the others."
+    );
+    describe_gauge!(
+        READY,
+        "1 when every peer with an address has a usable connection (as GET /readyz), else 0."
+    );
 }
 
 /// Counts a handshake refused for `reason` (one of [`HANDSHAKE_REASONS`]).
@@ -241,6 +249,31 @@ fn index_of(set: &[&str], label: &str) -> usize {
         .unwrap_or(set.len().saturating_sub(1))
 }
 
+type KeptKey = (&'static str, &'static str, String, &'static str, String);
+
+fn kept() -> std::sync::MutexGuard<'static, std::collections::HashMap<KeptKey, Counter>> {
+    static KEPT: OnceLock<std::sync::Mutex<std::collections::HashMap<KeptKey, Counter>>> =
+        OnceLock::new();
+    KEPT.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// A counter with two labels whose series must live as long as the node
+/// (forwards and services exist until it stops): cached, and touched with
+/// the node's series so the idle timeout never drops it.
+pub fn kept_counter(
+    name: &'static str,
+    (k1, v1): (&'static str, &str),
+    (k2, v2): (&'static str, &str),
+) -> Counter {
+    let key = (name, k1, v1.to_string(), k2, v2.to_string());
+    kept()
+        .entry(key)
+        .or_insert_with(|| metrics::counter!(name, k1 => v1.to_string(), k2 => v2.to_string()))
+        .clone()
+}
+
 /// Node-wide series with known label values, created at zero so that
 /// dashboards and alerts see them before the first event.
 pub struct NodeMetrics {
@@ -248,6 +281,7 @@ pub struct NodeMetrics {
     refused: Vec<Counter>,
     restarts: Counter,
     peers: Vec<Gauge>,
+    pub ready: Gauge,
 }
 
 impl NodeMetrics {
@@ -266,6 +300,7 @@ impl NodeMetrics {
                 .iter()
                 .map(|s| metrics::gauge!(PEERS, "state" => s.as_str()))
                 .collect(),
+            ready: metrics::gauge!(READY),
         }
     }
 
@@ -277,7 +312,11 @@ impl NodeMetrics {
         for g in &self.peers {
             g.increment(0.0);
         }
+        self.ready.increment(0.0);
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        for c in kept().values() {
+            c.increment(0);
+        }
     }
 }
 
@@ -294,9 +333,7 @@ pub struct PeerMetrics {
     pub connections_out: Gauge,
     pub target: Gauge,
     pub backoff: Gauge,
-    pub dial_duration: Histogram,
     pub streams_opened: Counter,
-    pub open_duration: Histogram,
     pub active_out: Gauge,
     pub active_in: Gauge,
     pub rtt: Gauge,
@@ -307,6 +344,8 @@ pub struct PeerMetrics {
     dials: Vec<Counter>,
     closed: Vec<Counter>,
     restarts: Vec<Counter>,
+    states: Vec<Gauge>,
+    peer: String,
 }
 
 impl PeerMetrics {
@@ -323,9 +362,7 @@ impl PeerMetrics {
             connections_out: metrics::gauge!(CONNECTIONS, "peer" => p.clone(), "direction" => "outbound"),
             target: metrics::gauge!(CONNECTION_TARGET, "peer" => p.clone()),
             backoff: metrics::gauge!(BACKOFF, "peer" => p.clone()),
-            dial_duration: metrics::histogram!(DIAL_DURATION, "peer" => p.clone()),
             streams_opened: metrics::counter!(STREAMS_OPENED, "peer" => p.clone(), "strategy" => strategy),
-            open_duration: metrics::histogram!(STREAM_OPEN_DURATION, "peer" => p.clone()),
             active_out: metrics::gauge!(ACTIVE_STREAMS, "peer" => p.clone(), "direction" => "outbound"),
             active_in: metrics::gauge!(ACTIVE_STREAMS, "peer" => p.clone(), "direction" => "inbound"),
             rtt: metrics::gauge!(RTT, "peer" => p.clone()),
@@ -336,6 +373,33 @@ impl PeerMetrics {
             dials: labelled(DIAL_ATTEMPTS, "result", &DIAL_RESULTS),
             closed: labelled(CONNECTION_CLOSED, "reason", &CLOSE_REASONS),
             restarts: labelled(CONNECTION_RESTARTS, "reason", &CLOSE_REASONS),
+            states: crate::pool::PeerState::ALL
+                .iter()
+                .map(|s| metrics::gauge!(PEER_STATE, "peer" => p.clone(), "state" => s.as_str()))
+                .collect(),
+            peer: p,
+        }
+    }
+
+    // Histograms are looked up on every sample instead of held: an idle
+    // histogram is dropped after IDLE_TIMEOUT (that is how a removed peer's
+    // series go), and a held handle would then record into nothing.
+
+    /// Records a successful dial's duration.
+    pub fn record_dial(&self, took: Duration) {
+        metrics::histogram!(DIAL_DURATION, "peer" => self.peer.clone()).record(took.as_secs_f64());
+    }
+
+    /// Records a stream open's duration.
+    pub fn record_open(&self, took: Duration) {
+        metrics::histogram!(STREAM_OPEN_DURATION, "peer" => self.peer.clone())
+            .record(took.as_secs_f64());
+    }
+
+    /// Sets `peerpool_peer_state`: 1 for `state`, 0 for the others.
+    pub fn set_state(&self, state: crate::pool::PeerState) {
+        for (s, g) in crate::pool::PeerState::ALL.iter().zip(&self.states) {
+            g.set(if *s == state { 1.0 } else { 0.0 });
         }
     }
 
@@ -355,8 +419,8 @@ impl PeerMetrics {
         self.restarts[index_of(&CLOSE_REASONS, reason)].increment(1);
     }
 
-    /// Marks every series of this peer as alive so the idle timeout keeps
-    /// them (histograms are not subject to it).
+    /// Marks every counter and gauge of this peer as alive so the idle
+    /// timeout keeps them.
     pub fn touch(&self) {
         for g in [
             &self.connections_in,
@@ -366,7 +430,10 @@ impl PeerMetrics {
             &self.active_out,
             &self.active_in,
             &self.rtt,
-        ] {
+        ]
+        .into_iter()
+        .chain(&self.states)
+        {
             g.increment(0.0);
         }
         let singles = [
@@ -384,5 +451,110 @@ impl PeerMetrics {
         {
             c.increment(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn peer_handles_render_exact_values_under_their_labels() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let m = PeerMetrics::new("b", "p2c");
+            m.dial_attempt("timeout");
+            m.dial_attempt("timeout");
+            m.dial_attempt("ok");
+            // An unknown label value lands on the catch-all, not a new series.
+            m.dial_attempt("made_up");
+            m.streams_opened.increment(3);
+            m.open_failure("unreachable");
+            m.connection_closed("going_away");
+            m.connection_restart("going_away");
+            m.set_state(crate::pool::PeerState::Degraded);
+            m.connections_out.set(2.0);
+        });
+        let t = handle.render();
+        let v = |s: &str| line_value(&t, s).unwrap_or_else(|| panic!("no {s} in\n{t}"));
+        assert_eq!(
+            v("peerpool_dial_attempts_total{peer=\"b\",result=\"timeout\"}"),
+            2.0
+        );
+        assert_eq!(
+            v("peerpool_dial_attempts_total{peer=\"b\",result=\"ok\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("peerpool_dial_attempts_total{peer=\"b\",result=\"error\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("peerpool_dial_attempts_total{peer=\"b\",result=\"refused\"}"),
+            0.0
+        );
+        assert!(!t.contains("made_up"));
+        assert_eq!(
+            v("peerpool_streams_opened_total{peer=\"b\",strategy=\"p2c\"}"),
+            3.0
+        );
+        assert_eq!(
+            v("peerpool_stream_open_failures_total{peer=\"b\",reason=\"unreachable\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("peerpool_connection_closed_total{peer=\"b\",reason=\"going_away\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("peerpool_connection_restarts_total{peer=\"b\",reason=\"going_away\"}"),
+            1.0
+        );
+        assert_eq!(v("peerpool_peer_state{peer=\"b\",state=\"degraded\"}"), 1.0);
+        assert_eq!(v("peerpool_peer_state{peer=\"b\",state=\"healthy\"}"), 0.0);
+        assert_eq!(
+            v("peerpool_connections{peer=\"b\",direction=\"outbound\"}"),
+            2.0
+        );
+    }
+
+    #[test]
+    fn every_metric_name_follows_prometheus_conventions() {
+        let counters = [
+            DIAL_ATTEMPTS,
+            CONNECTION_RESTARTS,
+            CONNECTION_CLOSED,
+            HANDSHAKE_FAILURES,
+            INBOUND_REFUSED,
+            STREAMS_OPENED,
+            STREAM_OPEN_FAILURES,
+            LOST_PACKETS,
+            BYTES,
+            FORWARD_CONNECTIONS,
+            SERVICE_STREAMS,
+            ACTOR_RESTARTS,
+        ];
+        for c in counters {
+            assert!(c.starts_with("peerpool_") && c.ends_with("_total"), "{c}");
+        }
+        for h in [
+            DIAL_DURATION,
+            STREAM_OPEN_DURATION,
+            FORWARD_DURATION,
+            BACKOFF,
+            RTT,
+        ] {
+            assert!(h.ends_with("_seconds"), "{h}");
+        }
+        assert_eq!(STREAM_OPEN_BUCKETS.first(), Some(&0.00001));
+        assert_eq!(STREAM_OPEN_BUCKETS.last(), Some(&10.0));
+        assert!(STREAM_OPEN_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 }

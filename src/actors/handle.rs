@@ -207,6 +207,12 @@ impl Pool {
         self.node.registry.by_name(name).map(|s| s.status())
     }
 
+    /// The peers that have an address but no usable connection: the node is
+    /// ready (`GET /readyz`) when this is empty.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.node.registry.not_ready()
+    }
+
     /// The state of a peer, by id.
     pub fn peer_state(&self, id: &PeerId) -> Option<PeerState> {
         self.node.registry.get(id).map(|s| s.routes().state)

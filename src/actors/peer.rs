@@ -195,10 +195,7 @@ impl PeerActor {
         match result {
             Ok(dialled) => {
                 self.shared.metrics.dial_attempt("ok");
-                self.shared
-                    .metrics
-                    .dial_duration
-                    .record(dialled.took.as_secs_f64());
+                self.shared.metrics.record_dial(dialled.took);
                 if self.draining {
                     codes::REMOVED.close(&dialled.conn);
                     return;
@@ -491,6 +488,7 @@ impl PeerActor {
         if let Some((from, to)) = self.machine.on(event) {
             tracing::info!(peer = %self.name(), id = %self.shared.id().short(), from = from.as_str(), to = to.as_str(), connections = self.machine.live(), "peer state changed");
             crate::metrics::peer_state_change(Some(from.as_str()), Some(to.as_str()));
+            self.shared.metrics.set_state(to);
             self.shared.routes().state = to;
             self.shared.notify_changed();
         }
@@ -582,6 +580,7 @@ impl Actor for PeerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         crate::metrics::peer_state_change(None, Some(self.machine.state().as_str()));
+        self.shared.metrics.set_state(self.machine.state());
         let addr = ctx.address();
         self.shared.set_report(Some(Box::new(move |key| {
             addr.do_send(RouteFailed { key });

@@ -450,9 +450,7 @@ impl PeerShared {
                 Ok(Ok((send, recv))) => {
                     self.streams_opened.fetch_add(1, Ordering::Relaxed);
                     self.metrics.streams_opened.increment(1);
-                    self.metrics
-                        .open_duration
-                        .record(started.elapsed().as_secs_f64());
+                    self.metrics.record_open(started.elapsed());
                     let guard = Arc::new(guard);
                     return Ok(PooledStream {
                         send: PooledSend {
@@ -710,6 +708,22 @@ impl Registry {
         if let Some(peer) = inner.by_id.remove(id) {
             inner.by_name.remove(peer.name());
         }
+    }
+
+    /// Every peer with an address has a usable connection (what `/readyz`
+    /// and `peerpool_ready` report).
+    pub fn ready(&self) -> bool {
+        self.not_ready().is_empty()
+    }
+
+    /// The names of the peers with an address but no usable connection.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter(|p| p.config.addr.is_some())
+            .filter(|p| !p.routes().conns.iter().any(|r| r.usable))
+            .map(|p| p.name().to_string())
+            .collect()
     }
 
     /// Every peer, sorted by name.

@@ -103,7 +103,12 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(metrics::TOUCH_INTERVAL, |act, _| {
-            act.node.node_metrics.touch()
+            let ready = act.node.registry.ready();
+            act.node
+                .node_metrics
+                .ready
+                .set(if ready { 1.0 } else { 0.0 });
+            act.node.node_metrics.touch();
         });
     }
 }

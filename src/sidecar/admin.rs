@@ -145,13 +145,7 @@ struct Readiness {
 }
 
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
-    let not_ready: Vec<String> = state
-        .pool
-        .peers()
-        .into_iter()
-        .filter(|p| p.addr.is_some() && !p.connections.iter().any(|c| c.usable))
-        .map(|p| p.name)
-        .collect();
+    let not_ready = state.pool.not_ready();
     let body = Readiness {
         ready: not_ready.is_empty(),
         not_ready,

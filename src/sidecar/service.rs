@@ -39,8 +39,11 @@ impl Services {
         connect_timeout: Duration,
     ) -> Services {
         for s in services {
-            metrics::counter!(SERVICE_STREAMS, "service" => s.name.clone(), "result" => "ok")
-                .increment(0);
+            let _ = crate::metrics::kept_counter(
+                SERVICE_STREAMS,
+                ("service", &s.name),
+                ("result", "ok"),
+            );
         }
         Services {
             upstreams: services
@@ -109,7 +112,7 @@ impl StreamHandler for Arc<Services> {
 }
 
 fn count(service: &str, result: &'static str) {
-    metrics::counter!(SERVICE_STREAMS, "service" => service.to_string(), "result" => result)
+    crate::metrics::kept_counter(SERVICE_STREAMS, ("service", service), ("result", result))
         .increment(1);
 }
 

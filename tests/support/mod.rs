@@ -2,6 +2,8 @@
 //! conditions with a deadline, reading metrics.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -229,4 +231,35 @@ pub fn free_tcp() -> SocketAddr {
 /// A free UDP port on loopback, likewise.
 pub fn free_udp() -> SocketAddr {
     udp().local_addr().unwrap()
+}
+
+/// Parses a (multi-document) YAML file into JSON with Python's PyYAML,
+/// which the build machines have (`.ci/run` installs it if not).
+pub fn yaml_documents(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml, json; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} is not valid YAML: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// A program the test needs; fails with what to install when it is missing.
+pub fn require(program: &str, hint: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not installed: {hint}"))
 }
