@@ -13,6 +13,10 @@ use peerpool::identity::{self, IdentityError};
 use peerpool::sidecar::{Listeners, Node};
 use peerpool::tools::{demo, load};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad input: a bad config, a missing file, an existing key.
 const EXIT_BAD_INPUT: u8 = 2;
 

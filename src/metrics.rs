@@ -40,15 +40,15 @@ pub const ACTOR_RESTARTS: &str = "peerpool_actor_restarts_total";
 pub const PEER_STATE: &str = "peerpool_peer_state";
 pub const READY: &str = "peerpool_ready";
 
-/// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s.
+/// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s, two
+/// per decade (every bucket is a series per peer, and series cost render
+/// time at every scrape: see BENCHMARKS.md).
 pub const STREAM_OPEN_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0,
 ];
-/// Buckets of dial and forward durations: 100 µs to 60 s.
+/// Buckets of dial and forward durations: 1 ms to 60 s.
 pub const LONG_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
+    0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 60.0,
 ];
 
 /// Series not touched for this long are dropped: that is how a removed
@@ -81,6 +81,15 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder(),
             };
             let handle = recorder.handle();
+            // Histogram samples pile up until upkeep folds them in; a process
+            // that is never scraped must not grow without bound.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
@@ -129,7 +138,7 @@ fn describe() {
     describe_counter!(INBOUND_REFUSED, "Inbound connections refused after the handshake, by reason (over_limit, unknown, draining).");
     describe_counter!(
         STREAMS_OPENED,
-        "Streams opened through the pool, by peer and strategy."
+        "Streams opened through the pool, by peer and strategy (refreshed every second)."
     );
     describe_counter!(STREAM_OPEN_FAILURES, "Stream opens that failed, by reason.");
     describe_histogram!(
@@ -139,7 +148,7 @@ fn describe() {
     );
     describe_gauge!(
         ACTIVE_STREAMS,
-        "Streams open now, by peer and direction (outbound: opened by this node)."
+        "Streams open now, by peer and direction (outbound: opened by this node; refreshed every second)."
     );
     describe_gauge!(
         RTT,
@@ -171,7 +180,7 @@ fn describe() {
     );
     describe_gauge!(
         PEER_STATE,
-        "1 for the state each peer is in, 0 for the others."
+        "1 for the state each peer is in (a state left reads 0 until it expires)."
     );
     describe_gauge!(
         READY,
@@ -205,11 +214,15 @@ pub fn peer_state_change(from: Option<&'static str>, to: Option<&'static str>) {
     }
 }
 
+// In the per-peer label sets below, the first value is created at zero with
+// the peer (so dashboards find the metric); the others appear at their first
+// occurrence: each series costs render time at every scrape.
+
 /// Why a stream open failed, as a label.
 pub const OPEN_FAILURE_REASONS: [&str; 5] = [
+    "timeout",
     "unreachable",
     "no_connection",
-    "timeout",
     "draining",
     "connection",
 ];
@@ -327,7 +340,52 @@ impl Default for NodeMetrics {
 }
 
 /// Pre-registered handles for one peer's metrics.
-#[derive(Clone)]
+/// A counter labelled by peer and one more label from a fixed set, whose
+/// series are created on first use (the first value of the set up front).
+struct LabelledCounter {
+    name: &'static str,
+    peer: String,
+    key: &'static str,
+    set: &'static [&'static str],
+    cells: Vec<OnceLock<Counter>>,
+}
+
+impl LabelledCounter {
+    fn new(
+        name: &'static str,
+        peer: &str,
+        key: &'static str,
+        set: &'static [&'static str],
+    ) -> Self {
+        let c = LabelledCounter {
+            name,
+            peer: peer.to_string(),
+            key,
+            set,
+            cells: set.iter().map(|_| OnceLock::new()).collect(),
+        };
+        c.get(0);
+        c
+    }
+
+    fn get(&self, i: usize) -> &Counter {
+        let v = self.set[i];
+        self.cells[i].get_or_init(
+            || metrics::counter!(self.name, "peer" => self.peer.clone(), self.key => v),
+        )
+    }
+
+    fn increment(&self, label: &str) {
+        self.get(index_of(self.set, label)).increment(1);
+    }
+
+    fn touch(&self) {
+        for c in self.cells.iter().filter_map(OnceLock::get) {
+            c.increment(0);
+        }
+    }
+}
+
 pub struct PeerMetrics {
     pub connections_in: Gauge,
     pub connections_out: Gauge,
@@ -340,23 +398,21 @@ pub struct PeerMetrics {
     pub lost_packets: Counter,
     pub bytes_sent: Counter,
     pub bytes_received: Counter,
-    open_failures: Vec<Counter>,
-    dials: Vec<Counter>,
-    closed: Vec<Counter>,
-    restarts: Vec<Counter>,
-    states: Vec<Gauge>,
+    open_failures: LabelledCounter,
+    dials: LabelledCounter,
+    closed: LabelledCounter,
+    restarts: LabelledCounter,
+    /// The `peerpool_peer_state` series of the current state.
+    state: std::sync::Mutex<Option<Gauge>>,
     peer: String,
+    // Histogram keys built once (their hash is cached), looked up per sample.
+    dial_key: metrics::Key,
+    open_key: metrics::Key,
 }
 
 impl PeerMetrics {
     pub fn new(peer: &str, strategy: &'static str) -> PeerMetrics {
         let p = peer.to_string();
-        let labelled =
-            |name: &'static str, key: &'static str, set: &[&'static str]| -> Vec<Counter> {
-                set.iter()
-                    .map(|v| metrics::counter!(name, "peer" => p.clone(), key => *v))
-                    .collect()
-            };
         PeerMetrics {
             connections_in: metrics::gauge!(CONNECTIONS, "peer" => p.clone(), "direction" => "inbound"),
             connections_out: metrics::gauge!(CONNECTIONS, "peer" => p.clone(), "direction" => "outbound"),
@@ -369,16 +425,32 @@ impl PeerMetrics {
             lost_packets: metrics::counter!(LOST_PACKETS, "peer" => p.clone()),
             bytes_sent: metrics::counter!(BYTES, "peer" => p.clone(), "direction" => "sent"),
             bytes_received: metrics::counter!(BYTES, "peer" => p.clone(), "direction" => "received"),
-            open_failures: labelled(STREAM_OPEN_FAILURES, "reason", &OPEN_FAILURE_REASONS),
-            dials: labelled(DIAL_ATTEMPTS, "result", &DIAL_RESULTS),
-            closed: labelled(CONNECTION_CLOSED, "reason", &CLOSE_REASONS),
-            restarts: labelled(CONNECTION_RESTARTS, "reason", &CLOSE_REASONS),
-            states: crate::pool::PeerState::ALL
-                .iter()
-                .map(|s| metrics::gauge!(PEER_STATE, "peer" => p.clone(), "state" => s.as_str()))
-                .collect(),
+            open_failures: LabelledCounter::new(
+                STREAM_OPEN_FAILURES,
+                peer,
+                "reason",
+                &OPEN_FAILURE_REASONS,
+            ),
+            dials: LabelledCounter::new(DIAL_ATTEMPTS, peer, "result", &DIAL_RESULTS),
+            closed: LabelledCounter::new(CONNECTION_CLOSED, peer, "reason", &CLOSE_REASONS),
+            restarts: LabelledCounter::new(CONNECTION_RESTARTS, peer, "reason", &CLOSE_REASONS),
+            state: std::sync::Mutex::new(None),
+            dial_key: metrics::Key::from_parts(
+                DIAL_DURATION,
+                vec![metrics::Label::new("peer", p.clone())],
+            ),
+            open_key: metrics::Key::from_parts(
+                STREAM_OPEN_DURATION,
+                vec![metrics::Label::new("peer", p.clone())],
+            ),
             peer: p,
         }
+    }
+
+    fn histogram(key: &metrics::Key) -> metrics::Histogram {
+        static META: metrics::Metadata<'static> =
+            metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+        metrics::with_recorder(|r| r.register_histogram(key, &META))
     }
 
     // Histograms are looked up on every sample instead of held: an idle
@@ -387,36 +459,42 @@ impl PeerMetrics {
 
     /// Records a successful dial's duration.
     pub fn record_dial(&self, took: Duration) {
-        metrics::histogram!(DIAL_DURATION, "peer" => self.peer.clone()).record(took.as_secs_f64());
+        Self::histogram(&self.dial_key).record(took.as_secs_f64());
     }
 
     /// Records a stream open's duration.
     pub fn record_open(&self, took: Duration) {
-        metrics::histogram!(STREAM_OPEN_DURATION, "peer" => self.peer.clone())
-            .record(took.as_secs_f64());
+        Self::histogram(&self.open_key).record(took.as_secs_f64());
     }
 
-    /// Sets `peerpool_peer_state`: 1 for `state`, 0 for the others.
+    /// Sets `peerpool_peer_state`: the current state's series to 1. The
+    /// previous state's series drops to 0 and, no longer touched, goes after
+    /// IDLE_TIMEOUT: one series per peer instead of one per state, since
+    /// every series costs render time at each scrape.
     pub fn set_state(&self, state: crate::pool::PeerState) {
-        for (s, g) in crate::pool::PeerState::ALL.iter().zip(&self.states) {
-            g.set(if *s == state { 1.0 } else { 0.0 });
+        let mut current = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.take() {
+            old.set(0.0);
         }
+        let g = metrics::gauge!(PEER_STATE, "peer" => self.peer.clone(), "state" => state.as_str());
+        g.set(1.0);
+        *current = Some(g);
     }
 
     pub fn open_failure(&self, reason: &str) {
-        self.open_failures[index_of(&OPEN_FAILURE_REASONS, reason)].increment(1);
+        self.open_failures.increment(reason);
     }
 
     pub fn dial_attempt(&self, result: &str) {
-        self.dials[index_of(&DIAL_RESULTS, result)].increment(1);
+        self.dials.increment(result);
     }
 
     pub fn connection_closed(&self, reason: &str) {
-        self.closed[index_of(&CLOSE_REASONS, reason)].increment(1);
+        self.closed.increment(reason);
     }
 
     pub fn connection_restart(&self, reason: &str) {
-        self.restarts[index_of(&CLOSE_REASONS, reason)].increment(1);
+        self.restarts.increment(reason);
     }
 
     /// Marks every counter and gauge of this peer as alive so the idle
@@ -430,10 +508,10 @@ impl PeerMetrics {
             &self.active_out,
             &self.active_in,
             &self.rtt,
-        ]
-        .into_iter()
-        .chain(&self.states)
-        {
+        ] {
+            g.increment(0.0);
+        }
+        if let Some(g) = &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
             g.increment(0.0);
         }
         let singles = [
@@ -442,14 +520,16 @@ impl PeerMetrics {
             &self.bytes_sent,
             &self.bytes_received,
         ];
-        for c in singles
-            .into_iter()
-            .chain(&self.open_failures)
-            .chain(&self.dials)
-            .chain(&self.closed)
-            .chain(&self.restarts)
-        {
+        for c in singles {
             c.increment(0);
+        }
+        for l in [
+            &self.open_failures,
+            &self.dials,
+            &self.closed,
+            &self.restarts,
+        ] {
+            l.touch();
         }
     }
 }
@@ -496,10 +576,8 @@ mod tests {
             v("peerpool_dial_attempts_total{peer=\"b\",result=\"error\"}"),
             1.0
         );
-        assert_eq!(
-            v("peerpool_dial_attempts_total{peer=\"b\",result=\"refused\"}"),
-            0.0
-        );
+        // Values that never occurred have no series.
+        assert!(!t.contains("result=\"refused\""));
         assert!(!t.contains("made_up"));
         assert_eq!(
             v("peerpool_streams_opened_total{peer=\"b\",strategy=\"p2c\"}"),
@@ -518,7 +596,10 @@ mod tests {
             1.0
         );
         assert_eq!(v("peerpool_peer_state{peer=\"b\",state=\"degraded\"}"), 1.0);
-        assert_eq!(v("peerpool_peer_state{peer=\"b\",state=\"healthy\"}"), 0.0);
+        assert!(
+            !t.contains("state=\"healthy\""),
+            "only the current state has a series"
+        );
         assert_eq!(
             v("peerpool_connections{peer=\"b\",direction=\"outbound\"}"),
             2.0

@@ -14,7 +14,7 @@ use crate::pool::{ConnKey, RetryPolicy, Time};
 pub struct IncomingStream {
     /// The configured name of the peer (or `u-<id prefix>` for an unknown
     /// peer admitted by `accept_unknown_peers`).
-    pub peer: String,
+    pub peer: Arc<str>,
     pub peer_id: PeerId,
     pub send: PooledSend,
     pub recv: PooledRecv,
@@ -51,6 +51,8 @@ pub(crate) struct NodeContext {
     pub node_metrics: crate::metrics::NodeMetrics,
     /// Random per process start; sent in every hello (see `transport::hello`).
     pub instance: u64,
+    /// QUIC settings shared by every peer's client config.
+    pub transport: Arc<quinn::TransportConfig>,
 }
 
 impl NodeContext {
@@ -62,7 +64,9 @@ impl NodeContext {
         registry: Arc<Registry>,
         handler: Arc<dyn StreamHandler>,
     ) -> NodeContext {
+        let transport = Arc::new(crate::transport::transport_config(&config.node));
         NodeContext {
+            transport,
             retry: config.retry.policy(),
             config,
             identity,

@@ -73,7 +73,12 @@ impl PeerActor {
         let now = node.now();
         let can_dial = shared.config.addr.is_some();
         let client_config = if can_dial {
-            match transport::client_config(&node.config.node, &node.identity, shared.id()) {
+            match transport::client_config(
+                &node.config.node,
+                &node.identity,
+                shared.id(),
+                node.transport.clone(),
+            ) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::error!(peer = %shared.name(), error = %e, "cannot build a TLS client config; this peer will not be dialled");
@@ -471,6 +476,16 @@ impl PeerActor {
         }
         let m = &self.shared.metrics;
         m.rtt.set(min_rtt.unwrap_or(0.0));
+        let (out, inb) = self.conns.values().fold((0, 0), |(o, i), c| {
+            (
+                o + c.meta.out_streams.load(Ordering::Relaxed),
+                i + c.meta.in_streams.load(Ordering::Relaxed),
+            )
+        });
+        m.active_out.set(out as f64);
+        m.active_in.set(inb as f64);
+        m.streams_opened
+            .absolute(self.shared.streams_opened.load(Ordering::Relaxed));
         let totals: Vec<u64> = self
             .shared
             .traffic_totals
@@ -560,13 +575,9 @@ async fn serve_inbound(
             let _ = recv.stop(code);
             continue;
         }
-        let guard = Arc::new(StreamGuard::new(
-            meta.clone(),
-            peer.metrics.active_in.clone(),
-            true,
-        ));
+        let guard = Arc::new(StreamGuard::new(meta.clone(), true));
         let stream = IncomingStream {
-            peer: peer.name().to_string(),
+            peer: peer.name_arc.clone(),
             peer_id: peer.id(),
             send: PooledSend::new(send, guard.clone()),
             recv: PooledRecv::new(recv, guard),

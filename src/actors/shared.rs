@@ -61,8 +61,11 @@ pub(crate) struct ConnMeta {
     pub out_streams: AtomicUsize,
     /// Streams the peer opened on it, still open.
     pub in_streams: AtomicUsize,
-    /// Woken whenever the stream count drops to zero.
+    /// Woken when the stream count drops to zero while someone waits.
     pub idle: Notify,
+    /// Someone waits in `wait_idle` (a retire or a drain): only then do
+    /// stream guards pay for waking it.
+    idle_watched: AtomicBool,
 }
 
 impl ConnMeta {
@@ -82,6 +85,7 @@ impl ConnMeta {
             out_streams: AtomicUsize::new(0),
             in_streams: AtomicUsize::new(0),
             idle: Notify::new(),
+            idle_watched: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +95,7 @@ impl ConnMeta {
 
     /// Resolves once no stream is open on this connection.
     pub async fn wait_idle(&self) {
+        self.idle_watched.store(true, Ordering::Release);
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
@@ -207,6 +212,8 @@ pub(crate) type FailureReport = Box<dyn Fn(ConnKey) + Send + Sync>;
 /// A peer as everyone but its actor sees it.
 pub(crate) struct PeerShared {
     pub config: PeerConfig,
+    /// The name, shared with every inbound stream without a copy.
+    pub name_arc: Arc<str>,
     pub target: usize,
     pub open_timeout: Duration,
     /// Admitted through `accept_unknown_peers`, not configured.
@@ -254,6 +261,7 @@ impl PeerShared {
             traffic_totals: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             draining: AtomicBool::new(false),
             report: Mutex::new(None),
+            name_arc: Arc::from(config.name.as_str()),
             config,
         }
     }
@@ -340,6 +348,7 @@ impl PeerShared {
     }
 
     fn fail(&self, reason: &'static str, err: PoolError) -> PoolError {
+        // Failures are rare; they are counted at once.
         self.open_failures.fetch_add(1, Ordering::Relaxed);
         self.metrics.open_failure(reason);
         err
@@ -408,9 +417,6 @@ impl PeerShared {
         let mut tried: Vec<ConnKey> = Vec::new();
         let mut last_err: Option<quinn::ConnectionError> = None;
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             let route = match self.pick(&tried) {
                 Err(e) => {
                     let reason = match e {
@@ -434,7 +440,14 @@ impl PeerShared {
                 }
                 Ok(None) => {
                     // Nothing usable yet: wait for the actor to publish a
-                    // connection or a state, within the deadline.
+                    // connection or a state, within the deadline. Register
+                    // first, then look again, so no change slips between.
+                    let notified = self.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if !matches!(self.pick(&tried), Ok(None)) {
+                        continue;
+                    }
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         let err = PoolError::NoHealthyConnection {
                             peer: self.config.name.clone(),
@@ -444,12 +457,13 @@ impl PeerShared {
                     continue;
                 }
             };
-            let guard =
-                StreamGuard::new(route.meta.clone(), self.metrics.active_out.clone(), false);
+            let guard = StreamGuard::new(route.meta.clone(), false);
             match tokio::time::timeout_at(deadline, route.meta.conn.open_bi()).await {
                 Ok(Ok((send, recv))) => {
+                    // The counters and gauges of streams are set from these
+                    // atomics by the actor's tick: no metrics call per stream
+                    // but the latency histogram.
                     self.streams_opened.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.streams_opened.increment(1);
                     self.metrics.record_open(started.elapsed());
                     let guard = Arc::new(guard);
                     return Ok(PooledStream {
@@ -488,28 +502,22 @@ impl PeerShared {
     }
 }
 
-/// Keeps a connection's stream count (and the active-streams gauge) right
-/// for as long as either half of a stream is alive.
+/// Keeps a connection's stream count right for as long as either half of a
+/// stream is alive (the active-streams gauge is set from these counts).
 pub(crate) struct StreamGuard {
     meta: Arc<ConnMeta>,
-    gauge: metrics::Gauge,
     inbound: bool,
 }
 
 impl StreamGuard {
-    pub fn new(meta: Arc<ConnMeta>, gauge: metrics::Gauge, inbound: bool) -> StreamGuard {
+    pub fn new(meta: Arc<ConnMeta>, inbound: bool) -> StreamGuard {
         let counter = if inbound {
             &meta.in_streams
         } else {
             &meta.out_streams
         };
         counter.fetch_add(1, Ordering::AcqRel);
-        gauge.increment(1.0);
-        StreamGuard {
-            meta,
-            gauge,
-            inbound,
-        }
+        StreamGuard { meta, inbound }
     }
 }
 
@@ -521,8 +529,7 @@ impl Drop for StreamGuard {
             &self.meta.out_streams
         };
         counter.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.decrement(1.0);
-        if self.meta.streams() == 0 {
+        if self.meta.idle_watched.load(Ordering::Acquire) && self.meta.streams() == 0 {
             self.meta.idle.notify_waiters();
         }
     }

@@ -122,14 +122,6 @@ impl Node {
                 .map_err(bind_err(&format!("forward[{i}].listen"), cfg.listen))?;
             forwards.push(actix_rt::spawn(forward::serve(listener, cfg, pool.clone())));
         }
-        // Histograms keep their samples until upkeep folds them in.
-        actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                metrics.run_upkeep();
-            }
-        });
         tracing::info!(admin = %admin_addr, forwards = ?forward_addrs, "sidecar started");
         Ok(Node {
             pool,

@@ -24,7 +24,11 @@ pub const SERVER_NAME: &str = "peerpool";
 /// The one crypto provider of the process (ring), so rustls never has to
 /// guess one (mixing providers panics at run time).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    // One per process: every peer's client config shares it.
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// Decides which peer ids may connect in.
@@ -229,6 +233,10 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
+    // Every connection does a full handshake against a pinned key; session
+    // resumption would only cost memory (rustls preallocates a 256-entry
+    // cache per config, that is, per peer) and keep tickets around.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 

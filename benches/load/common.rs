@@ -1,0 +1,514 @@
+//! What the scenarios share: records, child nodes, a raw quinn echo, /proc
+//! readings.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use peerpool::config::Config;
+use peerpool::identity::{Identity, PeerId};
+use serde::Serialize;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_peerpool");
+
+/// One row of the table and of target/peerpool-bench.json.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Record {
+    pub scenario: String,
+    pub name: String,
+    pub baseline: Option<String>,
+    pub ops_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// ops/s of this row divided by ops/s of its baseline row.
+    pub ratio_ops: Option<f64>,
+    pub ratio_p50: Option<f64>,
+    pub ratio_p99: Option<f64>,
+    /// MB/s of this row divided by its baseline's.
+    pub ratio_mb: Option<f64>,
+    pub peak_rss_kb: Option<u64>,
+    pub errors: u64,
+    /// Scenario-specific figures.
+    pub extra: serde_json::Value,
+}
+
+impl Record {
+    pub fn new(scenario: &str, name: impl Into<String>) -> Record {
+        Record {
+            scenario: scenario.into(),
+            name: name.into(),
+            extra: serde_json::json!({}),
+            ..Default::default()
+        }
+    }
+
+    pub fn latency_from(mut self, h: &Histogram<u64>) -> Record {
+        // Histograms hold nanoseconds.
+        self.p50_us = h.value_at_quantile(0.5) as f64 / 1e3;
+        self.p99_us = h.value_at_quantile(0.99) as f64 / 1e3;
+        self.p999_us = h.value_at_quantile(0.999) as f64 / 1e3;
+        self
+    }
+
+    /// Fills the ratios against `base`, measured in the same run.
+    pub fn against(mut self, base: &Record) -> Record {
+        self.baseline = Some(base.name.clone());
+        let ratio = |a: f64, b: f64| (b > 0.0 && a.is_finite()).then(|| a / b);
+        self.ratio_ops = ratio(self.ops_per_sec, base.ops_per_sec);
+        self.ratio_p50 = ratio(self.p50_us, base.p50_us);
+        self.ratio_p99 = ratio(self.p99_us, base.p99_us);
+        self.ratio_mb = ratio(self.mb_per_sec, base.mb_per_sec);
+        self
+    }
+}
+
+pub fn histogram() -> Histogram<u64> {
+    // 100 ns .. 100 s, 3 significant digits: constant, valid bounds.
+    Histogram::new_with_bounds(100, 100_000_000_000, 3).expect("valid bounds")
+}
+
+pub fn record_ns(h: &mut Histogram<u64>, d: Duration) {
+    let _ = h.record((d.as_nanos() as u64).max(100));
+}
+
+/// How long each measurement runs.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    pub quick: bool,
+}
+
+impl Budget {
+    pub fn secs(&self, full: f64) -> Duration {
+        Duration::from_secs_f64(if self.quick {
+            (full / 8.0).clamp(0.2, 1.0)
+        } else {
+            full
+        })
+    }
+
+    pub fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+pub fn udp() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").expect("bind udp")
+}
+
+pub fn free_udp() -> SocketAddr {
+    udp().local_addr().expect("udp addr")
+}
+
+pub fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind tcp")
+}
+
+/// A `peerpool run` child process with its own config, killed on drop.
+pub struct NodeProc {
+    pub child: Option<Child>,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl NodeProc {
+    /// Makes an identity in `dir` (once; kept across restarts).
+    pub fn keygen(dir: &Path) -> PeerId {
+        match peerpool::identity::keygen(dir, false, 30) {
+            Ok(made) => made.id,
+            Err(_) => peerpool::identity::id_of_cert_file(&dir.join("node.crt"))
+                .expect("existing identity"),
+        }
+    }
+
+    /// Starts a node with the identity in `dir` (see [`NodeProc::keygen`])
+    /// and `config` (its node.listen and admin.listen must be set).
+    pub fn start(dir: &Path, mut config: Config) -> NodeProc {
+        NodeProc::keygen(dir);
+        config.node.cert = dir.join("node.crt");
+        config.node.key = dir.join("node.key");
+        let path = dir.join("peerpool.toml");
+        std::fs::write(&path, toml::to_string(&config).expect("config toml"))
+            .expect("write config");
+        let log = std::fs::File::create(dir.join("peerpool.log")).expect("log");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("PEERPOOL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start peerpool run");
+        let node = NodeProc {
+            child: Some(child),
+            admin: config.admin.listen,
+            dir: dir.to_path_buf(),
+        };
+        node.wait_http(Duration::from_secs(20));
+        node
+    }
+
+    fn wait_http(&self, limit: Duration) {
+        let start = Instant::now();
+        while get(&format!("http://{}/healthz", self.admin)).0 != 200 {
+            assert!(
+                start.elapsed() < limit,
+                "node did not come up: {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        while get(&format!("http://{}/readyz", self.admin)).0 != 200 {
+            assert!(
+                start.elapsed() < limit,
+                "node not ready: {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    pub fn rss_kb(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// CPU seconds (user + system) used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may contain spaces).
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat: 12 and 13 here.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// The sum over peers of a numeric field of GET /peers.
+    pub fn peers_sum(&self, field: &str) -> Option<f64> {
+        let (status, body, _) = get(&format!("http://{}/peers", self.admin));
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(v.as_array()?.iter().filter_map(|p| p[field].as_f64()).sum())
+    }
+
+    /// Usable connections over all peers.
+    pub fn usable_connections(&self) -> Option<usize> {
+        let (status, body, _) = get(&format!("http://{}/peers", self.admin));
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .flat_map(|p| p["connections"].as_array().cloned().unwrap_or_default())
+                .filter(|c| c["usable"] == true)
+                .count(),
+        )
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET with a short timeout: (status, body, time taken). Status 0 on error.
+pub fn get(url: &str) -> (u16, String, Duration) {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let started = Instant::now();
+    match agent.get(url).call() {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            (status, body, started.elapsed())
+        }
+        Err(_) => (0, String::new(), started.elapsed()),
+    }
+}
+
+/// Waits for `cond` with a deadline (polling; there is no event to await
+/// across processes).
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// A raw quinn endpoint pair using peerpool's TLS (pinned ids, ring): the
+/// baseline the pool is compared against.
+pub mod raw {
+    use super::*;
+    use peerpool::transport::{self, tls::InboundPolicy};
+
+    #[derive(Debug)]
+    struct AllowAll;
+    impl InboundPolicy for AllowAll {
+        fn check(&self, _: &PeerId) -> Result<(), &'static str> {
+            Ok(())
+        }
+    }
+
+    /// An echo server on its own thread and runtime: every bidi stream is
+    /// copied back until its end, then finished. Returns its address, its
+    /// id, and a handle that stops it when dropped.
+    pub fn echo_server(node: &peerpool::config::NodeConfig) -> (SocketAddr, PeerId, Stopper) {
+        server(node, false)
+    }
+
+    /// Like [`echo_server`], but every stream is read to its end and
+    /// discarded, then finished (for one-way bulk transfers).
+    pub fn sink_server(node: &peerpool::config::NodeConfig) -> (SocketAddr, PeerId, Stopper) {
+        server(node, true)
+    }
+
+    fn server(node: &peerpool::config::NodeConfig, sink: bool) -> (SocketAddr, PeerId, Stopper) {
+        let identity = Identity::generate().expect("identity");
+        let id = identity.id;
+        let node = node.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let ep = transport::endpoint(&node, &identity, Arc::new(AllowAll), udp())
+                    .expect("raw endpoint");
+                let _ = tx.send(ep.local_addr().expect("addr"));
+                let serve = async {
+                    while let Some(inc) = ep.accept().await {
+                        tokio::spawn(async move {
+                            let Ok(conn) = inc.await else { return };
+                            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                                tokio::spawn(async move {
+                                    let mut buf = vec![0u8; 16 * 1024];
+                                    while let Ok(Some(n)) = recv.read(&mut buf).await {
+                                        if !sink && send.write_all(&buf[..n]).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    let _ = send.finish();
+                                    let _ = send.stopped().await;
+                                });
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = rx.recv().expect("raw server address");
+        (
+            addr,
+            id,
+            Stopper {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            },
+        )
+    }
+
+    /// A client connection to a raw server (call inside a runtime).
+    pub async fn connect(
+        node: &peerpool::config::NodeConfig,
+        server: SocketAddr,
+        server_id: PeerId,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let identity = Identity::generate().expect("identity");
+        let ep = transport::endpoint(node, &identity, Arc::new(AllowAll), udp())
+            .expect("client endpoint");
+        let cfg = transport::client_config(
+            node,
+            &identity,
+            server_id,
+            Arc::new(transport::transport_config(node)),
+        )
+        .expect("client config");
+        let conn = ep
+            .connect_with(cfg, server, transport::tls::SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        (ep, conn)
+    }
+
+    pub struct Stopper {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Stopper {
+        fn drop(&mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Reads every TCP connection to its end and discards it, then closes:
+/// the upstream of one-way bulk transfers.
+pub async fn serve_sink(listener: tokio::net::TcpListener) {
+    use tokio::io::AsyncReadExt;
+    while let Ok((mut conn, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Many peer nodes (peerpool pools) on one thread and actix System of this
+/// process, each accepting the `central` node. Dropping the farm stops its
+/// runtime abruptly: no close frame leaves, as if the processes crashed.
+pub struct Farm {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// (name, id, address) per peer.
+    pub peers: Vec<(String, PeerId, SocketAddr)>,
+}
+
+impl Farm {
+    /// Starts one pool per identity, on `addrs` if given (a restart) or on
+    /// fresh ports.
+    pub fn start(identities: &[Identity], addrs: Option<&[SocketAddr]>, central: PeerId) -> Farm {
+        use peerpool::config::PeerConfig;
+        let sockets: Vec<UdpSocket> = match addrs {
+            Some(a) => a
+                .iter()
+                .map(|addr| UdpSocket::bind(addr).expect("rebind a peer's port"))
+                .collect(),
+            None => identities.iter().map(|_| udp()).collect(),
+        };
+        let peers: Vec<(String, PeerId, SocketAddr)> = identities
+            .iter()
+            .zip(&sockets)
+            .enumerate()
+            .map(|(i, (id, s))| (format!("p{i}"), id.id, s.local_addr().expect("addr")))
+            .collect();
+        let identities = identities.to_vec();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let mut pools = Vec::new();
+                for (identity, socket) in identities.into_iter().zip(sockets) {
+                    let mut cfg = Config::default();
+                    cfg.node.listen = socket.local_addr().expect("addr");
+                    cfg.node.udp_recv_buffer = 256 * 1024;
+                    cfg.node.udp_send_buffer = 256 * 1024;
+                    cfg.peers = vec![PeerConfig {
+                        name: "central".into(),
+                        id: central,
+                        addr: None,
+                    }];
+                    let nothing = Arc::new(|_s: peerpool::IncomingStream| async {});
+                    pools.push(
+                        peerpool::Pool::start_with_socket(cfg, identity, nothing, socket)
+                            .expect("farm pool"),
+                    );
+                }
+                let _ = tx.send(());
+                let _ = stop_rx.await;
+                drop(pools);
+            });
+        });
+        rx.recv().expect("farm started");
+        Farm {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            peers,
+        }
+    }
+
+    /// Peer entries for the central node's config.
+    pub fn peer_configs(&self) -> Vec<peerpool::config::PeerConfig> {
+        self.peers
+            .iter()
+            .map(|(name, id, addr)| peerpool::config::PeerConfig {
+                name: name.clone(),
+                id: *id,
+                addr: Some(*addr),
+            })
+            .collect()
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.peers.iter().map(|p| p.2).collect()
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn identities(n: usize) -> Vec<Identity> {
+    (0..n)
+        .map(|_| Identity::generate().expect("identity"))
+        .collect()
+}
