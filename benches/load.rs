@@ -26,6 +26,8 @@ mod stream_open;
 use common::{Budget, Record};
 
 const SCENARIOS: [&str; 5] = ["stream_open", "sidecar", "bulk", "scale", "storm"];
+/// Run only when named: the peerpool side of benches/compare/run.sh.
+const ON_REQUEST: [&str; 1] = ["compare"];
 
 fn fmt(v: f64) -> String {
     if v == 0.0 {
@@ -107,8 +109,12 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     for a in &asked {
-        if !SCENARIOS.contains(&a.as_str()) {
-            eprintln!("unknown scenario {a:?}; known: {}", SCENARIOS.join(", "));
+        if !SCENARIOS.contains(&a.as_str()) && !ON_REQUEST.contains(&a.as_str()) {
+            eprintln!(
+                "unknown scenario {a:?}; known: {}, {}",
+                SCENARIOS.join(", "),
+                ON_REQUEST.join(", ")
+            );
             std::process::exit(2);
         }
     }
@@ -119,21 +125,43 @@ fn main() {
         if !wanted(name) {
             continue;
         }
+        run(name, budget, &mut records);
+    }
+    for name in ON_REQUEST {
+        if asked.iter().any(|a| a == name) {
+            run(name, budget, &mut records);
+        }
+    }
+    finish(quick, started, &records);
+}
+
+fn run(name: &str, budget: Budget, records: &mut Vec<Record>) {
+    {
         let t = std::time::Instant::now();
-        eprintln!("== {name}{}", if quick { " (quick)" } else { "" });
+        eprintln!("== {name}{}", if budget.quick { " (quick)" } else { "" });
         let got = match name {
             "stream_open" => stream_open::run(budget),
             "sidecar" => sidecar::run(budget),
             "bulk" => bulk::run(budget),
             "scale" => scale::run(budget),
             "storm" => storm::run(budget),
+            "compare" => {
+                let secs = std::env::var("PEERPOOL_COMPARE_SECONDS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10.0);
+                stream_open::compare("compare", budget, 3, 1024, &[16], secs)
+            }
             _ => unreachable!("checked above"),
         };
         eprint!("{}", table(&got));
         eprintln!("   ({name} took {:.0}s)", t.elapsed().as_secs_f64());
         records.extend(got);
     }
-    println!("\n{}", table(&records));
+}
+
+fn finish(quick: bool, started: std::time::Instant, records: &[Record]) {
+    println!("\n{}", table(records));
     let out = serde_json::json!({
         "quick": quick,
         "machine": machine(),
