@@ -749,7 +749,8 @@ pub use addr::parse as parse_addr;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just};
+    use proptest::strategy::Strategy as _;
 
     const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -910,12 +911,123 @@ upstream = "127.0.0.1:8080"
         assert!(has(&p, "/nonexistent/x.crt"), "{p:?}");
     }
 
+    /// TOML values of every type, with the edge cases a config can hold.
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            prop_oneof![
+                Just("nan".to_string()),
+                Just("inf".to_string()),
+                Just("-inf".to_string()),
+                Just("-0.0".to_string()),
+                Just("1e308".to_string()),
+                Just("5e-324".to_string()),
+                (-1e6f64..1e6).prop_map(|v| format!("{v:?}")),
+            ],
+            any::<bool>().prop_map(|v| v.to_string()),
+            "[ -~]{0,40}".prop_map(|v| format!("{v:?}")),
+            Just("\"127.0.0.1:0\"".to_string()),
+            Just("\"[::1]:65535\"".to_string()),
+            Just(format!("\"{}\"", "a".repeat(64))),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec(("[a-z_]{1,8}", inner), 0..3).prop_map(|kv| {
+                    let body: Vec<String> =
+                        kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", body.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// A key the schema knows (any section) or one it does not.
+    fn key() -> impl proptest::strategy::Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                "listen",
+                "cert",
+                "key",
+                "alpn",
+                "keep_alive_interval",
+                "idle_timeout",
+                "accept_unknown_peers",
+                "max_concurrent_streams",
+                "header_timeout",
+                "udp_send_buffer",
+                "udp_recv_buffer",
+                "max_connections_per_peer",
+                "connection_timeout",
+                "load_balancing_strategy",
+                "stream_open_timeout",
+                "max_retries",
+                "initial_delay",
+                "max_delay",
+                "backoff_multiplier",
+                "jitter_factor",
+                "reset_after",
+                "token",
+                "drain_timeout",
+                "name",
+                "id",
+                "addr",
+                "peer",
+                "service",
+                "upstream",
+            ])
+            .prop_map(str::to_string),
+            "[a-z_]{1,12}",
+        ]
+    }
+
+    fn document() -> impl proptest::strategy::Strategy<Value = String> {
+        let header = prop_oneof![proptest::sample::select(vec![
+            "[node]",
+            "[pool]",
+            "[retry]",
+            "[admin]",
+            "[[peers]]",
+            "[[forward]]",
+            "[[service]]",
+            "[peers]",
+            "[[node]]",
+            "[other]",
+        ])
+        .prop_map(str::to_string),];
+        let section =
+            (header, proptest::collection::vec((key(), value()), 0..6)).prop_map(|(h, kv)| {
+                let lines: Vec<String> =
+                    kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                format!("{h}\n{}\n", lines.join("\n"))
+            });
+        proptest::collection::vec(section, 0..6).prop_map(|s| s.concat())
+    }
+
     proptest! {
         /// Arbitrary text never panics the parser or the validator.
         #[test]
         fn any_text_gives_a_config_or_problems(text in ".{0,400}") {
             if let Ok(c) = Config::parse(&text) {
                 let _ = c.validate();
+            }
+        }
+
+        /// Generated TOML (known and unknown keys, every value type, edge
+        /// numbers): problems that name a key, never a panic.
+        #[test]
+        fn generated_toml_gives_a_config_or_named_problems(text in document()) {
+            match Config::parse(&text) {
+                Ok(c) => {
+                    if let Err(problems) = c.validate() {
+                        prop_assert!(problems.iter().all(|p| !p.key.is_empty() && !p.message.is_empty()));
+                    }
+                }
+                Err(problems) => {
+                    prop_assert!(!problems.is_empty());
+                    prop_assert!(problems.iter().all(|p| !p.key.is_empty() && !p.message.is_empty()));
+                }
             }
         }
     }

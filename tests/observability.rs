@@ -175,26 +175,21 @@ fn the_dashboard_structure_is_sound() {
 
 #[test]
 fn alert_rules_pass_promtool() {
-    let out = Command::new(require("promtool", HINT))
-        .args(["check", "rules"])
-        .arg(repo("grafana/alerts.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let out = Command::new(require("promtool", HINT))
-        .args(["check", "config"])
-        .arg(repo("grafana/prometheus.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for (what, file) in [
+        ("rules", "grafana/alerts.yaml"),
+        ("config", "grafana/prometheus.yml"),
+    ] {
+        let out = Command::new(require("promtool", HINT))
+            .args(["check", what])
+            .arg(repo(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check {what} {file}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
 
 fn promtool_check_metrics(text: &str) -> (bool, String) {

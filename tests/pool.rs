@@ -19,8 +19,11 @@ struct Held(Vec<PooledStream>);
 
 async fn open_held(pool: &Pool, peer: &peerpool::PeerId, n: usize) -> Held {
     let mut v = Vec::new();
-    for _ in 0..n {
-        v.push(pool.open_stream(peer).await.expect("open stream"));
+    for i in 0..n {
+        match pool.open_stream(peer).await {
+            Ok(s) => v.push(s),
+            Err(e) => panic!("open stream {i} of {n}: {e}; loads {:?}", loads(pool, peer)),
+        }
     }
     Held(v)
 }
@@ -202,7 +205,11 @@ async fn p2c_never_picks_the_unique_most_loaded_connection() {
 #[actix_rt::test]
 async fn latency_picks_the_lowest_rtt_times_load() {
     init_tracing();
-    let (a, b) = pair(&config(3, Strategy::Latency), true, false);
+    // Enough stream slots that no connection saturates (a saturated one is
+    // rightly skipped, which this test would misread).
+    let mut cfg = config(3, Strategy::Latency);
+    cfg.node.max_concurrent_streams = 512;
+    let (a, b) = pair(&cfg, true, false);
     assert_settles_on(&a, &b, 3).await;
     let peer = b.identity.id;
     let mut held = Vec::new();
@@ -575,4 +582,51 @@ async fn removing_a_peer_drains_it() {
         a.pool.open_stream(&peer).await,
         Err(peerpool::PoolError::UnknownPeer(_))
     ));
+}
+
+#[actix_rt::test]
+async fn a_saturated_connection_is_skipped_and_a_freed_slot_is_taken() {
+    init_tracing();
+    let mut cfg = config(3, Strategy::RoundRobin);
+    cfg.node.max_concurrent_streams = 10;
+    cfg.pool.stream_open_timeout = 1.0;
+    let (a, b) = pair(&cfg, true, false);
+    assert_settles_on(&a, &b, 3).await;
+    let peer = b.identity.id;
+    // Every slot of every connection taken: 3 x 9. (The hello used one
+    // slot per connection; quinn hands freed slots back in batches of an
+    // eighth of the limit, so that one returns with the next freed stream.)
+    let Held(mut streams) = open_held(&a.pool, &peer, 27).await;
+    assert!(loads(&a.pool, &peer).values().all(|&v| v == 9));
+    // All saturated and nothing freed: the open waits its timeout, no longer.
+    let started = Instant::now();
+    let err = a
+        .pool
+        .open_stream(&peer)
+        .await
+        .err()
+        .expect("must time out");
+    assert!(matches!(err, peerpool::PoolError::Timeout { .. }), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // Free one slot on one connection: the next open finds it at once, even
+    // though round robin points at a saturated connection first.
+    use tokio::io::AsyncWriteExt;
+    let victim = streams.pop().unwrap();
+    let freed_on = victim.connection;
+    let (mut send, recv) = victim.into_split();
+    send.shutdown().await.unwrap();
+    drop((send, recv));
+    let started = Instant::now();
+    let s = a.pool.open_stream(&peer).await.expect("a slot was freed");
+    assert_eq!(s.connection, freed_on);
+    println!(
+        "opened on the freed connection after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_millis(900));
+    drop(streams);
 }

@@ -408,13 +408,17 @@ impl PeerShared {
     }
 
     /// Opens a bidi stream on a connection chosen by the strategy. Waits for a
-    /// first connection while the peer is connecting, tries each other usable
-    /// connection once if the chosen one is dead, and never waits longer than
+    /// first connection while the peer is connecting, moves on to the next
+    /// connection when the chosen one is dead or has no stream credit left
+    /// (the peer's `max_concurrent_streams`), waits for whichever saturated
+    /// connection frees a slot first, and never waits longer than
     /// `stream_open_timeout` in all.
     pub async fn open_stream(self: &Arc<Self>) -> Result<PooledStream, PoolError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.open_timeout;
+        // Connections already tried: dead ones and saturated ones.
         let mut tried: Vec<ConnKey> = Vec::new();
+        let mut saturated: Vec<Opening> = Vec::new();
         let mut last_err: Option<quinn::ConnectionError> = None;
         loop {
             let route = match self.pick(&tried) {
@@ -426,6 +430,29 @@ impl PeerShared {
                     return Err(self.fail(reason, e));
                 }
                 Ok(Some(route)) => route,
+                Ok(None) if !saturated.is_empty() => {
+                    // Every usable connection is out of credit: take the
+                    // first slot any of them frees.
+                    let first =
+                        tokio::time::timeout_at(deadline, first_ready(&mut saturated)).await;
+                    match first {
+                        Err(_) => {
+                            let err = PoolError::Timeout {
+                                peer: self.config.name.clone(),
+                                after: self.open_timeout,
+                            };
+                            return Err(self.fail("timeout", err));
+                        }
+                        Ok((opening, Ok(stream))) => {
+                            return Ok(self.opened(opening, stream, started));
+                        }
+                        Ok((opening, Err(e))) => {
+                            self.open_failed(&opening, &e);
+                            last_err = Some(e);
+                            continue;
+                        }
+                    }
+                }
                 Ok(None) if !tried.is_empty() => {
                     let err = match last_err.take() {
                         Some(e) => PoolError::Connection {
@@ -457,49 +484,97 @@ impl PeerShared {
                     continue;
                 }
             };
-            let guard = StreamGuard::new(route.meta.clone(), false);
-            match tokio::time::timeout_at(deadline, route.meta.conn.open_bi()).await {
-                Ok(Ok((send, recv))) => {
-                    // The counters and gauges of streams are set from these
-                    // atomics by the actor's tick: no metrics call per stream
-                    // but the latency histogram.
-                    self.streams_opened.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.record_open(started.elapsed());
-                    let guard = Arc::new(guard);
-                    return Ok(PooledStream {
-                        send: PooledSend {
-                            inner: send,
-                            _guard: guard.clone(),
-                        },
-                        recv: PooledRecv {
-                            inner: recv,
-                            _guard: guard,
-                        },
-                        connection: route.meta.key,
-                        remote: route.meta.conn.remote_address(),
-                    });
-                }
-                Ok(Err(e)) => {
-                    drop(guard);
-                    tracing::debug!(peer = %self.config.name, conn = route.meta.key, error = %e, "open failed; trying another connection");
-                    self.mark_failed(route.meta.key);
-                    tried.push(route.meta.key);
+            tried.push(route.meta.key);
+            let mut opening = Opening::start(route);
+            // open_bi completes at once while the peer grants credit; a
+            // pending open means the connection is saturated.
+            match std::future::poll_fn(|cx| Poll::Ready(opening.open.as_mut().poll(cx))).await {
+                Poll::Ready(Ok(stream)) => return Ok(self.opened(opening, stream, started)),
+                Poll::Ready(Err(e)) => {
+                    self.open_failed(&opening, &e);
                     last_err = Some(e);
                 }
-                Err(_) => {
-                    // The connection is alive but has no stream credit left
-                    // (the peer's max_concurrent_streams): not a failure of
-                    // the connection, only of this open.
-                    drop(guard);
-                    let err = PoolError::Timeout {
-                        peer: self.config.name.clone(),
-                        after: self.open_timeout,
-                    };
-                    return Err(self.fail("timeout", err));
-                }
+                Poll::Pending => saturated.push(opening),
             }
         }
     }
+
+    fn opened(
+        &self,
+        opening: Opening,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
+        started: Instant,
+    ) -> PooledStream {
+        // The counters and gauges of streams are set from these atomics by
+        // the actor's tick: no metrics call per stream but the histogram.
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
+        self.metrics.record_open(started.elapsed());
+        let meta = opening.guard.meta.clone();
+        let guard = Arc::new(opening.guard);
+        PooledStream {
+            send: PooledSend {
+                inner: send,
+                _guard: guard.clone(),
+            },
+            recv: PooledRecv {
+                inner: recv,
+                _guard: guard,
+            },
+            connection: meta.key,
+            remote: meta.conn.remote_address(),
+        }
+    }
+
+    fn open_failed(&self, opening: &Opening, e: &quinn::ConnectionError) {
+        let key = opening.guard.meta.key;
+        tracing::debug!(peer = %self.config.name, conn = key, error = %e, "open failed; trying another connection");
+        self.mark_failed(key);
+    }
+}
+
+type OpenFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>,
+            > + Send,
+    >,
+>;
+
+/// A stream being opened on one connection; its guard counts it as load on
+/// that connection while it waits, so the strategy sees the pressure.
+struct Opening {
+    guard: StreamGuard,
+    open: OpenFuture,
+}
+
+impl Opening {
+    fn start(route: Route) -> Opening {
+        let conn = route.meta.conn.clone();
+        Opening {
+            guard: StreamGuard::new(route.meta, false),
+            open: Box::pin(async move { conn.open_bi().await }),
+        }
+    }
+}
+
+/// The first of `pending` to complete, removed from it (the others keep
+/// waiting; dropping a pending open allocates nothing).
+async fn first_ready(
+    pending: &mut Vec<Opening>,
+) -> (
+    Opening,
+    Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>,
+) {
+    let (i, result) = std::future::poll_fn(|cx| {
+        for (i, o) in pending.iter_mut().enumerate() {
+            if let Poll::Ready(r) = o.open.as_mut().poll(cx) {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    (pending.swap_remove(i), result)
 }
 
 /// Keeps a connection's stream count right for as long as either half of a

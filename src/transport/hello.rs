@@ -54,6 +54,8 @@ pub enum HelloError {
     Version { theirs: u8 },
     #[error("hello refused with status {0}")]
     Status(u8),
+    #[error("bytes after the hello")]
+    TrailingBytes,
 }
 
 impl Hello {
@@ -143,7 +145,23 @@ pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<u64, Exchang
     let _ = send.finish();
     let mut answer = [0u8; ANSWER_LEN];
     recv.read_exact(&mut answer).await?;
-    Ok(decode_answer(&answer)?)
+    let instance = decode_answer(&answer)?;
+    // Read the acceptor's end of the stream too: a hello stream left half
+    // open would hold one of the peer's stream slots for the connection's
+    // whole life.
+    expect_end(&mut recv).await?;
+    Ok(instance)
+}
+
+/// Reads the end of a hello stream; any extra byte is a protocol error.
+async fn expect_end(recv: &mut quinn::RecvStream) -> Result<(), ExchangeError> {
+    let mut extra = [0u8; 1];
+    match recv.read(&mut extra).await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(ExchangeError::Hello(HelloError::TrailingBytes)),
+        Err(quinn::ReadError::ConnectionLost(e)) => Err(ExchangeError::Connection(e)),
+        Err(_) => Err(ExchangeError::Closed),
+    }
 }
 
 /// The acceptor's half of a hello exchange, before it answers.
@@ -170,6 +188,9 @@ pub async fn accept(conn: &quinn::Connection) -> Result<Received, ExchangeError>
         other => ExchangeError::Read(other),
     })?;
     let hello = Hello::decode(&buf)?;
+    // The dialler finishes its side after the hello; read that end so the
+    // stream closes fully and its slot is given back.
+    expect_end(&mut recv).await?;
     Ok(Received { hello, send })
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod relay;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

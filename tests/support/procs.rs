@@ -64,6 +64,32 @@ impl Proc {
         }
     }
 
+    /// SIGKILL: no drain, no close frames, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (VmRSS KiB, threads, open file descriptors) of the process.
+    pub fn resources(&self) -> (u64, u64, u64) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        (field("VmRSS:"), field("Threads:"), fds)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -90,6 +116,8 @@ pub fn keygen(dir: &Path) -> PeerId {
 
 pub struct Setup {
     pub _dir: tempfile::TempDir,
+    /// b's QUIC address.
+    pub b_udp: SocketAddr,
     pub a_config: PathBuf,
     pub b_config: PathBuf,
     pub a_admin: SocketAddr,
@@ -151,6 +179,7 @@ pub fn setup_with(upstream: SocketAddr, tune: impl FnOnce(&mut Config, &mut Conf
     std::fs::write(&a_config, toml::to_string(&a).unwrap()).unwrap();
     std::fs::write(&b_config, toml::to_string(&b).unwrap()).unwrap();
     Setup {
+        b_udp: b.node.listen,
         a_admin: a.admin.listen,
         b_admin: b.admin.listen,
         forward,
@@ -185,9 +214,10 @@ pub fn peer_state(admin: SocketAddr, peer: &str) -> Option<String> {
         .and_then(|p| p["state"].as_str().map(str::to_string))
 }
 
-/// One request: a TCP connection through the forward carrying `data`; the
-/// echo must come back whole, then EOF.
-pub async fn through(forward: SocketAddr, data: &[u8]) -> Result<(), String> {
+/// Sends `data` on a new TCP connection, half-closes, and reads until the
+/// far end closes. A read error (an RST) is an error; a clean end returns
+/// whatever came back, short or not.
+pub async fn exchange(forward: SocketAddr, data: &[u8]) -> Result<Vec<u8>, String> {
     let mut c = tokio::net::TcpStream::connect(forward)
         .await
         .map_err(|e| e.to_string())?;
@@ -197,10 +227,17 @@ pub async fn through(forward: SocketAddr, data: &[u8]) -> Result<(), String> {
         w.shutdown().await
     };
     let mut back = Vec::with_capacity(data.len());
-    let read = r.read_to_end(&mut back);
-    let (wr, rd) = tokio::join!(write, read);
-    wr.map_err(|e| format!("write: {e}"))?;
+    let (wr, rd) = tokio::join!(write, r.read_to_end(&mut back));
+    // The read decides: a write error with a clean read is still reported.
     rd.map_err(|e| format!("read: {e}"))?;
+    wr.map_err(|e| format!("write: {e} (after {} bytes back)", back.len()))?;
+    Ok(back)
+}
+
+/// One request: a TCP connection through the forward carrying `data`; the
+/// echo must come back whole, then EOF.
+pub async fn through(forward: SocketAddr, data: &[u8]) -> Result<(), String> {
+    let back = exchange(forward, data).await?;
     if back != data {
         return Err(format!(
             "echo differs: sent {} bytes, got {}",
@@ -216,4 +253,44 @@ pub async fn echo_upstream() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(peerpool::tools::load::serve_echo(l));
     addr
+}
+
+/// GET /metrics of a node.
+pub fn scrape(admin: SocketAddr) -> String {
+    http("GET", &format!("http://{admin}/metrics"), None, None).1
+}
+
+/// GET /peers of a node as JSON (Null when the node does not answer).
+pub fn peers_json(admin: SocketAddr) -> serde_json::Value {
+    let (status, body) = http("GET", &format!("http://{admin}/peers"), None, None);
+    if status != 200 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Usable connections of a node to its peer `name` (None if it does not answer).
+pub fn usable_to(admin: SocketAddr, name: &str) -> Option<usize> {
+    let v = peers_json(admin);
+    let peer = v.as_array()?.iter().find(|p| p["name"] == name)?.clone();
+    Some(
+        peer["connections"]
+            .as_array()
+            .map(|c| c.iter().filter(|c| c["usable"] == true).count())
+            .unwrap_or(0),
+    )
+}
+
+/// Polls `cond` every 20 ms from a blocking thread; panics naming `what`
+/// after `limit`. Returns how long it took.
+pub fn wait_blocking(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
 }
