@@ -73,7 +73,7 @@ impl Default for NodeConfig {
             keep_alive_interval: 5.0,
             idle_timeout: 15.0,
             accept_unknown_peers: false,
-            max_concurrent_streams: 128,
+            max_concurrent_streams: 100,
             header_timeout: 5.0,
             udp_send_buffer: 4 * 1024 * 1024,
             udp_recv_buffer: 4 * 1024 * 1024,

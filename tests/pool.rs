@@ -123,7 +123,11 @@ async fn both_dial_and_the_pair_settles_on_n_not_2n() {
 #[actix_rt::test]
 async fn round_robin_spreads_300_streams_100_each() {
     init_tracing();
-    let (a, b) = pair(&config(3, Strategy::RoundRobin), true, false);
+    // 100 streams held on one connection need more than the default 100
+    // slots: the hello's slot comes back only with quinn's next credit batch.
+    let mut cfg = config(3, Strategy::RoundRobin);
+    cfg.node.max_concurrent_streams = 128;
+    let (a, b) = pair(&cfg, true, false);
     assert_settles_on(&a, &b, 3).await;
     let held = open_held(&a.pool, &b.identity.id, 300).await;
     let l = loads(&a.pool, &b.identity.id);
@@ -178,7 +182,11 @@ async fn least_loaded_sends_new_streams_to_the_idle_connections() {
 #[actix_rt::test]
 async fn p2c_never_picks_the_unique_most_loaded_connection() {
     init_tracing();
-    let (a, b) = pair(&config(3, Strategy::P2c), true, false);
+    // 100 streams held on one connection need more than the default 100
+    // slots: the hello's slot comes back only with quinn's next credit batch.
+    let mut cfg = config(3, Strategy::P2c);
+    cfg.node.max_concurrent_streams = 128;
+    let (a, b) = pair(&cfg, true, false);
     assert_settles_on(&a, &b, 3).await;
     let peer = b.identity.id;
     let mut held = Vec::new();
