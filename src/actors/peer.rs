@@ -24,7 +24,8 @@ use super::PoolError;
 use crate::pool::{
     AfterFailure, ConnKey, ConnRank, DialPlanner, PeakEwma, PeerEvent, PeerState, PeerStateMachine,
 };
-use crate::transport::{self, codes, codes::CloseCode, hello::Hello};
+use crate::transport::control::{Control, ControlTx, Signal};
+use crate::transport::{self, codes, codes::CloseCode, hello};
 
 /// How often RTT, byte counters and gauges are refreshed.
 const TICK: Duration = Duration::from_secs(1);
@@ -37,6 +38,8 @@ struct LiveConn {
     /// The peer process this connection reaches.
     instance: u64,
     retiring: bool,
+    /// Signals to the peer on the connection's control stream.
+    control: ControlTx,
     ewma: PeakEwma,
     /// Counters of this connection already added to the peer's totals.
     seen: [u64; 3],
@@ -173,8 +176,8 @@ impl PeerActor {
         };
         let seq = self.node.next_dial_seq();
         self.dials.insert(slot, seq);
-        let hello = Hello {
-            version: transport::hello::VERSION,
+        let hello = hello::Hello {
+            version: hello::VERSION,
             seq,
             id: self.node.local_id(),
             instance: self.node.instance,
@@ -218,6 +221,7 @@ impl PeerActor {
                     Direction::Outbound,
                     rank,
                     dialled.instance,
+                    (dialled.control, None),
                     ctx,
                 );
                 self.resolve_excess(ctx);
@@ -241,7 +245,10 @@ impl PeerActor {
         self.drive(ctx);
     }
 
-    /// Registers a connection that passed its hello, in either direction.
+    /// Registers a connection that passed its hello, in either direction,
+    /// and serves its control stream (writing `first` on it before anything
+    /// else: the hello answer, when this end accepted the connection).
+    #[allow(clippy::too_many_arguments)]
     fn add_conn(
         &mut self,
         key: ConnKey,
@@ -249,9 +256,18 @@ impl PeerActor {
         direction: Direction,
         rank: ConnRank,
         instance: u64,
+        (control, first): (Control, Option<Vec<u8>>),
         ctx: &mut Context<Self>,
     ) {
         let meta = Arc::new(ConnMeta::new(key, conn.clone(), direction, rank.seq));
+        let control = {
+            let meta = meta.clone();
+            let addr = ctx.address();
+            control.serve(first, move |signal| match signal {
+                Signal::Retire => addr.do_send(PeerRetires { key }),
+                Signal::Done => meta.set_peer_done(),
+            })
+        };
         let mut ewma = PeakEwma::new(RTT_TAU);
         ewma.observe(conn.rtt().as_secs_f64(), self.node.now());
         {
@@ -269,6 +285,7 @@ impl PeerActor {
                 rank,
                 instance,
                 retiring: false,
+                control,
                 ewma,
                 seen: [0; 3],
             },
@@ -345,32 +362,58 @@ impl PeerActor {
         }
     }
 
-    /// Stops routing new streams to a connection and closes it once its
-    /// streams finish (or after the drain timeout).
+    /// Retires a live connection both ends agree is excess: stops routing new
+    /// streams to it and closes it once no stream of either end can be on it
+    /// (the control stream's RETIRE/DONE exchange, see
+    /// [`transport::control`]), or after the drain timeout.
     fn retire(&mut self, key: ConnKey, code: CloseCode, ctx: &mut Context<Self>) {
-        self.retire_after(key, code, self.node.drain_timeout(), ctx);
+        let Some((meta, control)) = self.stop_routing(key, code) else {
+            return;
+        };
+        let timeout = self.node.drain_timeout();
+        let peer = self.shared.name_arc.clone();
+        ctx.spawn(
+            async move {
+                let handover = async {
+                    control.send(Signal::Retire);
+                    // Opens that picked this connection before it stopped
+                    // routing are counted here: they finish first.
+                    meta.wait_out_idle().await;
+                    control.send(Signal::Done);
+                    tracing::debug!(%peer, conn = key, "retiring: DONE sent");
+                    meta.wait_peer_done().await;
+                    meta.wait_idle().await;
+                };
+                if tokio::time::timeout(timeout, handover).await.is_err() {
+                    tracing::debug!(%peer, conn = key, "retiring: handover timed out");
+                }
+                code.close(&meta.conn);
+            }
+            .into_actor(self),
+        );
     }
 
     /// Retires a connection that is known dead: close it without waiting.
-    fn retire_now(&mut self, key: ConnKey, code: CloseCode, ctx: &mut Context<Self>) {
-        self.retire_after(key, code, Duration::ZERO, ctx);
+    fn retire_now(&mut self, key: ConnKey, code: CloseCode, _ctx: &mut Context<Self>) {
+        if let Some((meta, _)) = self.stop_routing(key, code) {
+            code.close(&meta.conn);
+        }
     }
 
-    fn retire_after(
+    /// Marks a connection retiring and takes it out of the routing table;
+    /// None if it is unknown or already retiring.
+    fn stop_routing(
         &mut self,
         key: ConnKey,
         code: CloseCode,
-        timeout: Duration,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(c) = self.conns.get_mut(&key) else {
-            return;
-        };
+    ) -> Option<(Arc<ConnMeta>, ControlTx)> {
+        let c = self.conns.get_mut(&key)?;
         if c.retiring {
-            return;
+            return None;
         }
         c.retiring = true;
         let meta = c.meta.clone();
+        let control = c.control.clone();
         if let Some(route) = self
             .shared
             .routes()
@@ -382,13 +425,7 @@ impl PeerActor {
         }
         tracing::debug!(peer = %self.name(), conn = key, reason = code.reason, "retiring connection");
         self.apply(PeerEvent::ConnectionDown);
-        ctx.spawn(
-            async move {
-                let _ = tokio::time::timeout(timeout, meta.wait_idle()).await;
-                code.close(&meta.conn);
-            }
-            .into_actor(self),
-        );
+        Some((meta, control))
     }
 
     fn on_closed(&mut self, key: ConnKey, err: quinn::ConnectionError, ctx: &mut Context<Self>) {
@@ -665,12 +702,28 @@ impl Handler<RouteFailed> for PeerActor {
     }
 }
 
+/// The peer retires a connection (RETIRE on its control stream): retire it
+/// here too, so neither end opens streams on it and both say DONE.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PeerRetires {
+    key: ConnKey,
+}
+
+impl Handler<PeerRetires> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerRetires, ctx: &mut Self::Context) {
+        self.retire(msg.key, codes::EXCESS, ctx);
+    }
+}
+
 /// An inbound connection passed TLS and sent its hello: admit it or not.
 #[derive(Message)]
 #[rtype(result = "Result<(), CloseCode>")]
 pub(crate) struct Admit {
     pub conn: quinn::Connection,
-    pub hello: Hello,
+    pub received: hello::Received,
 }
 
 impl Handler<Admit> for PeerActor {
@@ -681,11 +734,12 @@ impl Handler<Admit> for PeerActor {
             crate::metrics::inbound_refused("draining");
             return Err(codes::DRAINING);
         }
+        let hello = msg.received.hello;
         let rank = ConnRank {
             dialed_by_smaller_id: self.shared.id() < self.node.local_id(),
-            seq: msg.hello.seq,
+            seq: hello.seq,
         };
-        self.drop_stale(msg.hello.instance, ctx);
+        self.drop_stale(hello.instance, ctx);
         let (_, ranks) = self.usable_ranks();
         if crate::pool::admit(&ranks, rank, self.shared.target) == crate::pool::Admission::Refuse {
             crate::metrics::inbound_refused("over_limit");
@@ -694,8 +748,16 @@ impl Handler<Admit> for PeerActor {
         }
         let key = self.node.next_conn_key();
         self.planner.connection_added(key, self.node.now());
-        let instance = msg.hello.instance;
-        self.add_conn(key, msg.conn, Direction::Inbound, rank, instance, ctx);
+        let answer = hello::encode_answer(self.node.instance).to_vec();
+        self.add_conn(
+            key,
+            msg.conn,
+            Direction::Inbound,
+            rank,
+            hello.instance,
+            (msg.received.control, Some(answer)),
+            ctx,
+        );
         self.resolve_excess(ctx);
         self.drive(ctx);
         Ok(())

@@ -61,11 +61,15 @@ pub(crate) struct ConnMeta {
     pub out_streams: AtomicUsize,
     /// Streams the peer opened on it, still open.
     pub in_streams: AtomicUsize,
-    /// Woken when the stream count drops to zero while someone waits.
+    /// Woken when a stream count drops to zero while someone waits.
     pub idle: Notify,
     /// Someone waits in `wait_idle` (a retire or a drain): only then do
     /// stream guards pay for waking it.
     idle_watched: AtomicBool,
+    /// The peer said DONE on the control stream: every stream it opened
+    /// here has finished.
+    peer_done: AtomicBool,
+    peer_done_notify: Notify,
 }
 
 impl ConnMeta {
@@ -86,6 +90,8 @@ impl ConnMeta {
             in_streams: AtomicUsize::new(0),
             idle: Notify::new(),
             idle_watched: AtomicBool::new(false),
+            peer_done: AtomicBool::new(false),
+            peer_done_notify: Notify::new(),
         }
     }
 
@@ -95,12 +101,40 @@ impl ConnMeta {
 
     /// Resolves once no stream is open on this connection.
     pub async fn wait_idle(&self) {
+        self.wait_until_zero(ConnMeta::streams).await
+    }
+
+    /// Resolves once no stream this node opened here is open (or opening).
+    pub async fn wait_out_idle(&self) {
+        self.wait_until_zero(|m| m.out_streams.load(Ordering::Acquire))
+            .await
+    }
+
+    async fn wait_until_zero(&self, count: impl Fn(&ConnMeta) -> usize) {
         self.idle_watched.store(true, Ordering::Release);
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.streams() == 0 {
+            if count(self) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn set_peer_done(&self) {
+        self.peer_done.store(true, Ordering::Release);
+        self.peer_done_notify.notify_waiters();
+    }
+
+    /// Resolves once the peer said DONE on the control stream.
+    pub async fn wait_peer_done(&self) {
+        loop {
+            let notified = self.peer_done_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.peer_done.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -354,9 +388,11 @@ impl PeerShared {
         err
     }
 
-    /// Picks a usable connection by strategy, skipping `tried`; or says why
-    /// there is none.
-    fn pick(&self, tried: &[ConnKey]) -> Result<Option<Route>, PoolError> {
+    /// Picks a usable connection by strategy, skipping `tried`, and starts
+    /// opening a stream on it; or says why there is none. The stream is
+    /// counted on the connection under the routing lock, so an actor that
+    /// stops routing to it (retire) sees every open that picked it.
+    fn pick(&self, tried: &[ConnKey]) -> Result<Option<Opening>, PoolError> {
         let mut guard = self.routes();
         let r = &mut *guard;
         match r.state {
@@ -396,7 +432,7 @@ impl PeerShared {
             }
         }
         let picked = r.balancer.pick(&loads[..n], &mut r.rng);
-        Ok(picked.map(|p| r.conns[index[p]].clone()))
+        Ok(picked.map(|p| Opening::start(r.conns[index[p]].clone())))
     }
 
     /// Marks a connection unusable after an open failed on it.
@@ -421,7 +457,7 @@ impl PeerShared {
         let mut saturated: Vec<Opening> = Vec::new();
         let mut last_err: Option<quinn::ConnectionError> = None;
         loop {
-            let route = match self.pick(&tried) {
+            let mut opening = match self.pick(&tried) {
                 Err(e) => {
                     let reason = match e {
                         PoolError::Draining { .. } => "draining",
@@ -429,7 +465,7 @@ impl PeerShared {
                     };
                     return Err(self.fail(reason, e));
                 }
-                Ok(Some(route)) => route,
+                Ok(Some(opening)) => opening,
                 Ok(None) if !saturated.is_empty() => {
                     // Every usable connection is out of credit: take the
                     // first slot any of them frees.
@@ -472,20 +508,23 @@ impl PeerShared {
                     let notified = self.changed.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    if !matches!(self.pick(&tried), Ok(None)) {
-                        continue;
+                    match self.pick(&tried) {
+                        Ok(Some(opening)) => opening,
+                        // The loop's own pick reports why.
+                        Err(_) => continue,
+                        Ok(None) => {
+                            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                                let err = PoolError::NoHealthyConnection {
+                                    peer: self.config.name.clone(),
+                                };
+                                return Err(self.fail("no_connection", err));
+                            }
+                            continue;
+                        }
                     }
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        let err = PoolError::NoHealthyConnection {
-                            peer: self.config.name.clone(),
-                        };
-                        return Err(self.fail("no_connection", err));
-                    }
-                    continue;
                 }
             };
-            tried.push(route.meta.key);
-            let mut opening = Opening::start(route);
+            tried.push(opening.guard.meta.key);
             // open_bi completes at once while the peer grants credit; a
             // pending open means the connection is saturated.
             match std::future::poll_fn(|cx| Poll::Ready(opening.open.as_mut().poll(cx))).await {
@@ -603,8 +642,9 @@ impl Drop for StreamGuard {
         } else {
             &self.meta.out_streams
         };
-        counter.fetch_sub(1, Ordering::AcqRel);
-        if self.meta.idle_watched.load(Ordering::Acquire) && self.meta.streams() == 0 {
+        let was = counter.fetch_sub(1, Ordering::AcqRel);
+        // Waiters wait for one count or both to reach zero; they check which.
+        if was == 1 && self.meta.idle_watched.load(Ordering::Acquire) {
             self.meta.idle.notify_waiters();
         }
     }

@@ -18,7 +18,7 @@ use crate::config::{check_peer_name, PeerConfig};
 use crate::identity::PeerId;
 use crate::metrics;
 use crate::transport::codes::{self, CloseCode};
-use crate::transport::hello::{self, ExchangeError, Hello, HelloError};
+use crate::transport::hello::{self, ExchangeError, HelloError};
 use crate::transport::tls;
 
 struct Entry {
@@ -164,7 +164,8 @@ impl Handler<RemovePeer> for Supervisor {
 #[rtype(result = "Result<(), CloseCode>")]
 pub(crate) struct Inbound {
     pub conn: quinn::Connection,
-    pub hello: Hello,
+    /// The hello; the peer actor that admits it writes the answer.
+    pub received: hello::Received,
 }
 
 impl Handler<Inbound> for Supervisor {
@@ -174,7 +175,7 @@ impl Handler<Inbound> for Supervisor {
         if self.node.is_shutting_down() {
             return Box::pin(async { Err(codes::GOING_AWAY) });
         }
-        let id = msg.hello.id;
+        let id = msg.received.hello.id;
         let addr = match self.peers.get(&id) {
             Some(e) if e.removing => {
                 metrics::inbound_refused("draining");
@@ -205,7 +206,7 @@ impl Handler<Inbound> for Supervisor {
         Box::pin(async move {
             addr.send(Admit {
                 conn: msg.conn,
-                hello: msg.hello,
+                received: msg.received,
             })
             .await
             .unwrap_or(Err(codes::RESTART))
@@ -388,19 +389,15 @@ async fn handle_incoming(
         codes::BAD_HELLO.close(&conn);
         return;
     }
-    let hello = received.hello;
+    // Admitted: the peer actor answers on the control stream it keeps.
     match supervisor
         .send(Inbound {
             conn: conn.clone(),
-            hello,
+            received,
         })
         .await
     {
-        Ok(Ok(())) => {
-            if let Err(e) = received.admit(node.instance).await {
-                tracing::debug!(peer = %id, error = %e, "could not answer the hello");
-            }
-        }
+        Ok(Ok(())) => {}
         Ok(Err(code)) => code.close(&conn),
         Err(_) => codes::GOING_AWAY.close(&conn),
     }

@@ -8,13 +8,13 @@
 //! ```text
 //! hello (dialler -> acceptor), 53 bytes
 //!   0..4    magic "PPHL"
-//!   4       protocol version (1)
+//!   4       protocol version (2)
 //!   5..13   dialler's sequence number for this connection, u64 big-endian
 //!   13..45  dialler's peer id (32 bytes; must match its certificate)
 //!   45..53  dialler's instance: random per process start, u64 big-endian
 //! answer (acceptor -> dialler), 14 bytes
 //!   0..4    magic "PPHL"
-//!   4       protocol version (1)
+//!   4       protocol version (2)
 //!   5       status: 0 = admitted
 //!   6..14   acceptor's instance, u64 big-endian
 //! ```
@@ -25,13 +25,19 @@
 //!
 //! Refusals are connection closes with a code from [`super::codes`] (a close
 //! frame would discard an answer written just before it).
+//!
+//! Neither end finishes the stream after the hello: it stays open as the
+//! connection's control stream ([`super::control`]). It holds one of the
+//! acceptor's stream slots for the dialler for the connection's life.
 
 use std::time::Duration;
+
+use super::control::Control;
 
 use crate::identity::PeerId;
 
 pub const MAGIC: [u8; 4] = *b"PPHL";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HELLO_LEN: usize = 53;
 pub const ANSWER_LEN: usize = 14;
 const ADMITTED: u8 = 0;
@@ -54,8 +60,6 @@ pub enum HelloError {
     Version { theirs: u8 },
     #[error("hello refused with status {0}")]
     Status(u8),
-    #[error("bytes after the hello")]
-    TrailingBytes,
 }
 
 impl Hello {
@@ -138,45 +142,22 @@ pub enum ExchangeError {
 }
 
 /// Dialler side: sends `hello` and waits for the acceptor's answer; returns
-/// the acceptor's instance.
-pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<u64, ExchangeError> {
+/// the acceptor's instance and the stream, which stays open as the control
+/// stream.
+pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<(u64, Control), ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&hello.encode()).await?;
-    let _ = send.finish();
     let mut answer = [0u8; ANSWER_LEN];
     recv.read_exact(&mut answer).await?;
     let instance = decode_answer(&answer)?;
-    // Read the acceptor's end of the stream too: a hello stream left half
-    // open would hold one of the peer's stream slots for the connection's
-    // whole life.
-    expect_end(&mut recv).await?;
-    Ok(instance)
+    Ok((instance, Control { send, recv }))
 }
 
-/// Reads the end of a hello stream; any extra byte is a protocol error.
-async fn expect_end(recv: &mut quinn::RecvStream) -> Result<(), ExchangeError> {
-    let mut extra = [0u8; 1];
-    match recv.read(&mut extra).await {
-        Ok(None) => Ok(()),
-        Ok(Some(_)) => Err(ExchangeError::Hello(HelloError::TrailingBytes)),
-        Err(quinn::ReadError::ConnectionLost(e)) => Err(ExchangeError::Connection(e)),
-        Err(_) => Err(ExchangeError::Closed),
-    }
-}
-
-/// The acceptor's half of a hello exchange, before it answers.
+/// The acceptor's half of a hello exchange, before it answers: the answer
+/// ([`encode_answer`]) is the first thing the acceptor writes on `control`.
 pub struct Received {
     pub hello: Hello,
-    send: quinn::SendStream,
-}
-
-impl Received {
-    /// Tells the dialler it is admitted by this node's `instance`.
-    pub async fn admit(mut self, instance: u64) -> Result<(), ExchangeError> {
-        self.send.write_all(&encode_answer(instance)).await?;
-        let _ = self.send.finish();
-        Ok(())
-    }
+    pub control: Control,
 }
 
 /// Acceptor side: reads the dialler's hello from the first stream.
@@ -188,10 +169,10 @@ pub async fn accept(conn: &quinn::Connection) -> Result<Received, ExchangeError>
         other => ExchangeError::Read(other),
     })?;
     let hello = Hello::decode(&buf)?;
-    // The dialler finishes its side after the hello; read that end so the
-    // stream closes fully and its slot is given back.
-    expect_end(&mut recv).await?;
-    Ok(Received { hello, send })
+    Ok(Received {
+        hello,
+        control: Control { send, recv },
+    })
 }
 
 #[cfg(test)]
@@ -220,8 +201,13 @@ mod tests {
             instance: 1,
         }
         .encode();
-        b[4] = 2;
-        assert_eq!(Hello::decode(&b), Err(HelloError::Version { theirs: 2 }));
+        b[4] = VERSION + 1;
+        assert_eq!(
+            Hello::decode(&b),
+            Err(HelloError::Version {
+                theirs: VERSION + 1
+            })
+        );
     }
 
     proptest! {

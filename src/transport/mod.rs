@@ -6,6 +6,7 @@
 //! they die with that runtime.
 
 pub mod codes;
+pub mod control;
 pub mod hello;
 pub mod tls;
 
@@ -181,6 +182,8 @@ pub struct Dialled {
     pub took: Duration,
     /// The peer's instance (see [`hello`]).
     pub instance: u64,
+    /// The hello's stream, kept as the control stream.
+    pub control: control::Control,
 }
 
 /// Dials `addr` (expecting the identity in `cfg`), exchanges the hello, and
@@ -199,7 +202,7 @@ pub async fn dial(
             .await
             .map_err(DialError::Handshake)?;
         match hello::dial(&conn, hello).await {
-            Ok(instance) => Ok((conn, instance)),
+            Ok((instance, control)) => Ok((conn, instance, control)),
             Err(e) => {
                 // A refusal arrives as a close with a documented code.
                 if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason()
@@ -214,10 +217,11 @@ pub async fn dial(
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok((conn, instance))) => Ok(Dialled {
+        Ok(Ok((conn, instance, control))) => Ok(Dialled {
             conn,
             took: started.elapsed(),
             instance,
+            control,
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(DialError::Timeout(timeout)),

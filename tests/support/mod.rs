@@ -142,20 +142,20 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
-/// Writes `data` on a new stream to `peer` and reads the echo back.
+/// Writes `data` on a new stream to `peer` and reads the echo back; an
+/// error after the open names the connection the stream ran on.
 pub async fn echo_once(
     pool: &Pool,
     peer: &peerpool::PeerId,
     data: &[u8],
 ) -> Result<Vec<u8>, String> {
     let mut s = pool.open_stream(peer).await.map_err(|e| e.to_string())?;
-    s.send.write_all(data).await.map_err(|e| e.to_string())?;
-    s.send.finish().map_err(|e| e.to_string())?;
+    let conn = s.connection;
+    let fail = |e: &dyn std::fmt::Display| format!("on connection {conn}: {e}");
+    s.send.write_all(data).await.map_err(|e| fail(&e))?;
+    s.send.finish().map_err(|e| fail(&e))?;
     let mut out = Vec::new();
-    s.recv
-        .read_to_end(&mut out)
-        .await
-        .map_err(|e| e.to_string())?;
+    s.recv.read_to_end(&mut out).await.map_err(|e| fail(&e))?;
     Ok(out)
 }
 

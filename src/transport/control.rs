@@ -1,0 +1,126 @@
+//! The control stream: the hello's stream, kept open for the life of the
+//! connection.
+//!
+//! After the hello and its answer, either end may send one-byte signals on
+//! it. They exist for one job: closing an excess connection without losing a
+//! stream. Either end may be opening a stream on a connection at the moment
+//! the other decides to retire it, and a close would take that stream down
+//! with it. So an end that retires a connection sends `RETIRE` (open no new
+//! streams here); the other end stops routing to it and answers `RETIRE`
+//! too. Each end sends `DONE` once every stream it opened there has
+//! finished end to end, and the connection is closed only after both `DONE`s
+//! (or after `admin.drain_timeout`, whichever comes first).
+//!
+//! ```text
+//! 0x01  RETIRE  this connection is being retired: open no new streams on it
+//! 0x02  DONE    every stream I opened on it has finished
+//! ```
+//!
+//! Unknown bytes are ignored (logged), so later versions can add signals.
+
+use tokio::sync::mpsc;
+
+/// A control signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Retire,
+    Done,
+}
+
+impl Signal {
+    pub fn byte(self) -> u8 {
+        match self {
+            Signal::Retire => 0x01,
+            Signal::Done => 0x02,
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<Signal> {
+        match b {
+            0x01 => Some(Signal::Retire),
+            0x02 => Some(Signal::Done),
+            _ => None,
+        }
+    }
+}
+
+/// Both halves of a connection's control stream, right after the hello.
+pub struct Control {
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+}
+
+/// Queues signals to the peer; they are written in order by the stream's
+/// task. Cheap to clone; sending after the connection closed does nothing.
+#[derive(Clone, Debug)]
+pub struct ControlTx(mpsc::UnboundedSender<Signal>);
+
+impl ControlTx {
+    pub fn send(&self, signal: Signal) {
+        let _ = self.0.send(signal);
+    }
+}
+
+impl Control {
+    /// Starts the one task that serves this control stream: it writes
+    /// `first` (the hello answer, on the accepting end), then every queued
+    /// signal, and hands every signal the peer sends to `on_signal`. It ends
+    /// when the connection does.
+    pub fn serve(
+        self,
+        first: Option<Vec<u8>>,
+        mut on_signal: impl FnMut(Signal) + Send + 'static,
+    ) -> ControlTx {
+        // At most two signals per end and connection: unbounded is bounded.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Signal>();
+        let Control { mut send, mut recv } = self;
+        tokio::spawn(async move {
+            if let Some(first) = first {
+                if send.write_all(&first).await.is_err() {
+                    return;
+                }
+            }
+            let mut byte = [0u8; 1];
+            let mut queue_open = true;
+            loop {
+                tokio::select! {
+                    signal = rx.recv(), if queue_open => match signal {
+                        Some(s) => {
+                            if send.write_all(&[s.byte()]).await.is_err() {
+                                return;
+                            }
+                        }
+                        // The connection's owner let go; keep listening.
+                        None => queue_open = false,
+                    },
+                    read = recv.read(&mut byte) => match read {
+                        Ok(Some(1)) => match Signal::from_byte(byte[0]) {
+                            Some(s) => on_signal(s),
+                            None => tracing::debug!(byte = byte[0], "unknown control signal ignored"),
+                        },
+                        Ok(Some(_)) => {}
+                        // Finished, reset or the connection is gone.
+                        Ok(None) | Err(_) => return,
+                    },
+                }
+            }
+        });
+        ControlTx(tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_round_trips_and_other_bytes_are_not_signals() {
+        for s in [Signal::Retire, Signal::Done] {
+            assert_eq!(Signal::from_byte(s.byte()), Some(s));
+        }
+        let known = (0..=255u8)
+            .filter(|b| Signal::from_byte(*b).is_some())
+            .count();
+        assert_eq!(known, 2);
+    }
+}
