@@ -32,6 +32,19 @@ const TICK: Duration = Duration::from_secs(1);
 /// Time constant of the RTT peak-EWMA used by the `latency` strategy.
 const RTT_TAU: Duration = Duration::from_secs(10);
 
+/// A connection that passed its hello, before it is registered.
+struct NewConn {
+    conn: quinn::Connection,
+    direction: Direction,
+    rank: ConnRank,
+    /// The peer process this connection reaches.
+    instance: u64,
+    control: Control,
+    /// Written on the control stream before anything else: the hello
+    /// answer, when this end accepted the connection.
+    first: Option<Vec<u8>>,
+}
+
 struct LiveConn {
     meta: Arc<ConnMeta>,
     rank: ConnRank,
@@ -212,16 +225,19 @@ impl PeerActor {
                     dialed_by_smaller_id: self.node.local_id() < self.shared.id(),
                     seq,
                 };
-                self.drop_stale(dialled.instance, ctx);
+                self.drop_stale(dialled.instance);
                 let key = self.node.next_conn_key();
                 self.planner.dial_succeeded(slot, key, now);
                 self.add_conn(
                     key,
-                    dialled.conn,
-                    Direction::Outbound,
-                    rank,
-                    dialled.instance,
-                    (dialled.control, None),
+                    NewConn {
+                        conn: dialled.conn,
+                        direction: Direction::Outbound,
+                        rank,
+                        instance: dialled.instance,
+                        control: dialled.control,
+                        first: None,
+                    },
                     ctx,
                 );
                 self.resolve_excess(ctx);
@@ -246,19 +262,16 @@ impl PeerActor {
     }
 
     /// Registers a connection that passed its hello, in either direction,
-    /// and serves its control stream (writing `first` on it before anything
-    /// else: the hello answer, when this end accepted the connection).
-    #[allow(clippy::too_many_arguments)]
-    fn add_conn(
-        &mut self,
-        key: ConnKey,
-        conn: quinn::Connection,
-        direction: Direction,
-        rank: ConnRank,
-        instance: u64,
-        (control, first): (Control, Option<Vec<u8>>),
-        ctx: &mut Context<Self>,
-    ) {
+    /// and serves its control stream.
+    fn add_conn(&mut self, key: ConnKey, new: NewConn, ctx: &mut Context<Self>) {
+        let NewConn {
+            conn,
+            direction,
+            rank,
+            instance,
+            control,
+            first,
+        } = new;
         let meta = Arc::new(ConnMeta::new(key, conn.clone(), direction, rank.seq));
         let control = {
             let meta = meta.clone();
@@ -338,7 +351,7 @@ impl PeerActor {
     /// A connection from another instance of the peer means the peer
     /// restarted: every connection to an earlier instance is dead (its
     /// process is gone), so drop them now rather than after an idle timeout.
-    fn drop_stale(&mut self, instance: u64, ctx: &mut Context<Self>) {
+    fn drop_stale(&mut self, instance: u64) {
         let stale: Vec<ConnKey> = self
             .conns
             .iter()
@@ -350,7 +363,7 @@ impl PeerActor {
         }
         tracing::info!(peer = %self.name(), stale = stale.len(), "peer restarted; dropping connections to its previous instance");
         for key in stale {
-            self.retire_now(key, codes::STALE, ctx);
+            self.retire_now(key, codes::STALE);
         }
     }
 
@@ -394,7 +407,7 @@ impl PeerActor {
     }
 
     /// Retires a connection that is known dead: close it without waiting.
-    fn retire_now(&mut self, key: ConnKey, code: CloseCode, _ctx: &mut Context<Self>) {
+    fn retire_now(&mut self, key: ConnKey, code: CloseCode) {
         if let Some((meta, _)) = self.stop_routing(key, code) {
             code.close(&meta.conn);
         }
@@ -739,7 +752,7 @@ impl Handler<Admit> for PeerActor {
             dialed_by_smaller_id: self.shared.id() < self.node.local_id(),
             seq: hello.seq,
         };
-        self.drop_stale(hello.instance, ctx);
+        self.drop_stale(hello.instance);
         let (_, ranks) = self.usable_ranks();
         if crate::pool::admit(&ranks, rank, self.shared.target) == crate::pool::Admission::Refuse {
             crate::metrics::inbound_refused("over_limit");
@@ -751,11 +764,14 @@ impl Handler<Admit> for PeerActor {
         let answer = hello::encode_answer(self.node.instance).to_vec();
         self.add_conn(
             key,
-            msg.conn,
-            Direction::Inbound,
-            rank,
-            hello.instance,
-            (msg.received.control, Some(answer)),
+            NewConn {
+                conn: msg.conn,
+                direction: Direction::Inbound,
+                rank,
+                instance: hello.instance,
+                control: msg.received.control,
+                first: Some(answer),
+            },
             ctx,
         );
         self.resolve_excess(ctx);
