@@ -112,15 +112,7 @@ impl ConnMeta {
 
     async fn wait_until_zero(&self, count: impl Fn(&ConnMeta) -> usize) {
         self.idle_watched.store(true, Ordering::Release);
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if count(self) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        wait_until(&self.idle, || count(self) == 0).await
     }
 
     pub fn set_peer_done(&self) {
@@ -130,15 +122,10 @@ impl ConnMeta {
 
     /// Resolves once the peer said DONE on the control stream.
     pub async fn wait_peer_done(&self) {
-        loop {
-            let notified = self.peer_done_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.peer_done.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        wait_until(&self.peer_done_notify, || {
+            self.peer_done.load(Ordering::Acquire)
+        })
+        .await
     }
 
     pub fn info(&self, usable: bool, rtt_ewma: f64) -> ConnectionInfo {
@@ -614,6 +601,20 @@ async fn first_ready(
     })
     .await;
     (pending.swap_remove(i), result)
+}
+
+/// Resolves once `cond` holds, re-checking whenever `notify` wakes its
+/// waiters. Registers before checking, so no wake-up slips between.
+async fn wait_until(notify: &Notify, cond: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if cond() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// Keeps a connection's stream count right for as long as either half of a
