@@ -8,7 +8,7 @@
 //! - [`pool`]: the pure core (backoff, balancing, dial plan, limit, peer
 //!   states). No IO, no clock, no global rng.
 //! - [`transport`]: QUIC and TLS: the endpoint, pinned-id verifiers, the
-//!   application hello, close codes.
+//!   application hello and the control stream it becomes, close codes.
 //! - [`actors`]: the supervisor and one `PeerActor` per peer, and [`Pool`],
 //!   the handle the rest of the program (and library users) hold.
 //! - [`sidecar`]: TCP forwarding over pooled streams, services, the admin

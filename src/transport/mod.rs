@@ -1,4 +1,5 @@
-//! QUIC and TLS: the endpoint, dialling, the hello, and close codes.
+//! QUIC and TLS: the endpoint, dialling, the hello, the control stream, and
+//! close codes.
 //!
 //! One quinn [`Endpoint`](quinn::Endpoint) per node, on `node.listen`, is both
 //! server and client. It must be created on a long-lived actix arbiter (the
