@@ -65,20 +65,12 @@ fn mb_record(name: String, bytes: u64, took: Duration) -> Record {
 
 pub fn run(budget: Budget) -> Vec<Record> {
     let total: u64 = budget.pick(1 << 30, 64 << 20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime(2);
     let sink = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind sink");
     let sink_addr = sink.local_addr().expect("addr");
-    let sink_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let sink_rt = runtime(1);
     sink_rt.spawn(serve_sink(sink));
 
     let mut out = Vec::new();

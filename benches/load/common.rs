@@ -162,27 +162,17 @@ impl NodeProc {
     }
 
     fn wait_http(&self, limit: Duration) {
-        let start = Instant::now();
-        while get(&format!("http://{}/healthz", self.admin)).0 != 200 {
-            assert!(
-                start.elapsed() < limit,
-                "node did not come up: {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("node up: {}", self.dir.display());
+        wait_until(&what, limit, || {
+            get(&format!("http://{}/healthz", self.admin)).0 == 200
+        });
     }
 
     pub fn wait_ready(&self, limit: Duration) {
-        let start = Instant::now();
-        while get(&format!("http://{}/readyz", self.admin)).0 != 200 {
-            assert!(
-                start.elapsed() < limit,
-                "node not ready: {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("node ready: {}", self.dir.display());
+        wait_until(&what, limit, || {
+            get(&format!("http://{}/readyz", self.admin)).0 == 200
+        });
     }
 
     pub fn pid(&self) -> u32 {
@@ -290,6 +280,57 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
 
 /// A raw quinn endpoint pair using peerpool's TLS (pinned ids, ring): the
 /// baseline the pool is compared against.
+/// A multi-threaded tokio runtime with `threads` workers.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// What both in-process QUIC servers do with a stream: copy it back (or,
+/// with `sink`, read and discard it) until its end, finish, wait for the ack.
+pub async fn serve_stream(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, sink: bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(Some(n)) = recv.read(&mut buf).await {
+        if !sink && send.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// Stops a server running on its own thread when dropped.
+pub struct ServerStop {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerStop {
+    pub fn new(
+        stop: tokio::sync::oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    ) -> ServerStop {
+        ServerStop {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ServerStop {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub mod raw {
     use super::*;
     use peerpool::transport::{self, tls::InboundPolicy};
@@ -305,17 +346,17 @@ pub mod raw {
     /// An echo server on its own thread and runtime: every bidi stream is
     /// copied back until its end, then finished. Returns its address, its
     /// id, and a handle that stops it when dropped.
-    pub fn echo_server(node: &peerpool::config::NodeConfig) -> (SocketAddr, PeerId, Stopper) {
+    pub fn echo_server(node: &peerpool::config::NodeConfig) -> (SocketAddr, PeerId, ServerStop) {
         server(node, false)
     }
 
     /// Like [`echo_server`], but every stream is read to its end and
     /// discarded, then finished (for one-way bulk transfers).
-    pub fn sink_server(node: &peerpool::config::NodeConfig) -> (SocketAddr, PeerId, Stopper) {
+    pub fn sink_server(node: &peerpool::config::NodeConfig) -> (SocketAddr, PeerId, ServerStop) {
         server(node, true)
     }
 
-    fn server(node: &peerpool::config::NodeConfig, sink: bool) -> (SocketAddr, PeerId, Stopper) {
+    fn server(node: &peerpool::config::NodeConfig, sink: bool) -> (SocketAddr, PeerId, ServerStop) {
         let identity = Identity::generate().expect("identity");
         let id = identity.id;
         let node = node.clone();
@@ -336,14 +377,7 @@ pub mod raw {
                             let Ok(conn) = inc.await else { return };
                             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                                 tokio::spawn(async move {
-                                    let mut buf = vec![0u8; 16 * 1024];
-                                    while let Ok(Some(n)) = recv.read(&mut buf).await {
-                                        if !sink && send.write_all(&buf[..n]).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    let _ = send.finish();
-                                    let _ = send.stopped().await;
+                                    super::serve_stream(&mut send, &mut recv, sink).await
                                 });
                             }
                         });
@@ -356,14 +390,7 @@ pub mod raw {
             });
         });
         let addr = rx.recv().expect("raw server address");
-        (
-            addr,
-            id,
-            Stopper {
-                stop: Some(stop_tx),
-                thread: Some(thread),
-            },
-        )
+        (addr, id, ServerStop::new(stop_tx, thread))
     }
 
     /// A client connection to a raw server (call inside a runtime).
@@ -388,22 +415,6 @@ pub mod raw {
             .await
             .expect("handshake");
         (ep, conn)
-    }
-
-    pub struct Stopper {
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl Drop for Stopper {
-        fn drop(&mut self) {
-            if let Some(s) = self.stop.take() {
-                let _ = s.send(());
-            }
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
     }
 }
 

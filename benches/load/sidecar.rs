@@ -75,25 +75,13 @@ pub fn pair(upstream: std::net::SocketAddr, service: &str, n: usize) -> Pair {
 /// A runtime of its own for the echo upstream, so it does not share the
 /// client's threads.
 pub fn upstream_runtime() -> (tokio::runtime::Runtime, std::net::SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime(1);
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     rt.spawn(load::serve_echo(listener));
     (rt, addr)
-}
-
-fn client_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 fn to_record(scenario: &str, name: String, r: &load::Report) -> Record {
@@ -110,7 +98,7 @@ fn to_record(scenario: &str, name: String, r: &load::Report) -> Record {
 pub fn run(budget: Budget) -> Vec<Record> {
     let (_up_rt, upstream) = upstream_runtime();
     let p = pair(upstream, "echo", 3);
-    let client = client_runtime();
+    let client = runtime(2);
     let seconds = 3.0;
     let concurrencies = [1usize, 16, 64, 256];
     let mut out = Vec::new();

@@ -15,18 +15,6 @@ use peerpool::{IncomingStream, Pool};
 
 use super::common::*;
 
-/// The echo both servers run: copy until the end, finish, wait for the ack.
-pub async fn echo(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(Some(n)) = recv.read(&mut buf).await {
-        if send.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-    let _ = send.finish();
-    let _ = send.stopped().await;
-}
-
 pub fn base_config() -> Config {
     let mut c = Config::default();
     c.node.listen = "127.0.0.1:0".parse().expect("addr");
@@ -52,7 +40,7 @@ pub fn pool_server(client: PeerId, n: usize) -> (std::net::SocketAddr, PeerId, S
                 addr: None,
             }];
             let handler = Arc::new(|mut s: IncomingStream| async move {
-                echo(&mut s.send, &mut s.recv).await;
+                serve_stream(&mut s.send, &mut s.recv, false).await;
             });
             let pool = Pool::start_with_socket(cfg, identity, handler, udp()).expect("server pool");
             let _ = tx.send(pool.local_addr());
@@ -60,30 +48,7 @@ pub fn pool_server(client: PeerId, n: usize) -> (std::net::SocketAddr, PeerId, S
         });
     });
     let addr = rx.recv().expect("server address");
-    (
-        addr,
-        id,
-        ServerStop {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        },
-    )
-}
-
-pub struct ServerStop {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for ServerStop {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    (addr, id, ServerStop::new(stop_tx, thread))
 }
 
 #[derive(Clone)]

@@ -139,31 +139,39 @@ pub fn setup_with(upstream: SocketAddr, tune: impl FnOnce(&mut Config, &mut Conf
     let (ida, idb) = (keygen(&ka), keygen(&kb));
     let (ua, ub) = (free_udp(), free_udp());
     let forward = free_tcp();
-    let mut a = Config::default();
-    a.node.listen = ua;
-    a.node.cert = ka.join("node.crt");
-    a.node.key = ka.join("node.key");
-    a.admin.listen = free_tcp();
-    a.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: idb,
-        addr: Some(ub),
-    }];
+    // A node with its identity in `keys`, listening on `listen`, knowing `peer`.
+    let node = |keys: &Path, listen, peer| {
+        let mut c = Config::default();
+        c.node.listen = listen;
+        c.node.cert = keys.join("node.crt");
+        c.node.key = keys.join("node.key");
+        c.admin.listen = free_tcp();
+        c.peers = vec![peer];
+        c
+    };
+    let mut a = node(
+        &ka,
+        ua,
+        PeerConfig {
+            name: "b".into(),
+            id: idb,
+            addr: Some(ub),
+        },
+    );
     a.forward = vec![ForwardConfig {
         listen: forward,
         peer: "b".into(),
         service: "echo".into(),
     }];
-    let mut b = Config::default();
-    b.node.listen = ub;
-    b.node.cert = kb.join("node.crt");
-    b.node.key = kb.join("node.key");
-    b.admin.listen = free_tcp();
-    b.peers = vec![PeerConfig {
-        name: "a".into(),
-        id: ida,
-        addr: None,
-    }];
+    let mut b = node(
+        &kb,
+        ub,
+        PeerConfig {
+            name: "a".into(),
+            id: ida,
+            addr: None,
+        },
+    );
     b.service = vec![ServiceConfig {
         name: "echo".into(),
         upstream,
