@@ -4,13 +4,16 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# The workspace: the library (src/), the program (cli/) and the test kit.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY cli ./cli
+COPY testkit ./testkit
 COPY benches ./benches
 COPY examples ./examples
 COPY config ./config
 COPY tests ./tests
-RUN cargo build --release --locked --bin peerpool
+RUN cargo build --release --locked -p peerpool-cli --bin peerpool
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/peerpool --create-home peerpool

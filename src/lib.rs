@@ -4,29 +4,46 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML schema, its defaults and its validation.
-//! - [`identity`]: node keys, certificates and the [`identity::PeerId`] peers pin.
-//! - [`pool`]: the pure core (backoff, balancing, dial plan, limit, peer
-//!   states). No IO, no clock, no global rng.
+//! - [`identity`]: node keys, certificates and the [`PeerId`] peers pin.
+//! - [`pool`]: the pure core: backoff, balancing, the per-peer limit and
+//!   tie-break, and `PeerCore`, the one record of a peer (its connections,
+//!   dial plan and drain) its state is derived from. No IO, no clock, no
+//!   global rng.
 //! - [`transport`]: QUIC and TLS: the endpoint, pinned-id verifiers, the
 //!   application hello and the control stream it becomes, close codes.
-//! - [`actors`]: the supervisor and one `PeerActor` per peer, and [`Pool`],
-//!   the handle the rest of the program (and library users) hold.
+//! - `actors` (private): the supervisor, one `PeerActor` per peer carrying
+//!   out its `PeerCore`, the table each publishes for stream opens, and
+//!   [`Pool`], the handle the rest of the program (and library users) hold.
 //! - [`sidecar`]: TCP forwarding over pooled streams, services, the admin
 //!   HTTP API, and the node that runs them with a graceful drain.
-//! - [`metrics`]: every metric name, help text and bucket set.
-//! - [`tools`]: `peerpool demo` and `peerpool load`.
+//! - [`metrics`]: every metric name, help text, label set and bucket set.
+//!
+//! Which may use which: `pool` uses nothing of the others; `transport` uses
+//! `config`, `identity` and `metrics`; `actors` uses all of those; `sidecar`
+//! uses the [`Pool`] handle. `ARCHITECTURE.md` shows how a stream open and
+//! a dial flow through them. The command line, the demo and the load
+//! generator are not part of the library: they live in the `peerpool-cli`
+//! and `peerpool-testkit` crates of this workspace.
+//!
+//! The `test-util` feature adds test hooks (`Pool::inject_actor_panic`,
+//! `Pool::inspect_core`); nothing else depends on it.
 
-pub mod actors;
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+mod actors;
 pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod pool;
 pub mod sidecar;
-pub mod tools;
 pub mod transport;
 
+#[cfg(feature = "test-util")]
+pub use actors::CoreView;
 pub use actors::{
-    ConnectionInfo, Direction, IncomingStream, PeerStatus, Pool, PoolError, PooledStream,
-    StreamHandler,
+    ConnectionInfo, IncomingStream, PeerStatus, Pool, PoolError, PooledRecv, PooledSend,
+    PooledStream, StreamHandler,
 };
 pub use identity::PeerId;
+pub use pool::{Direction, PeerState, Strategy};

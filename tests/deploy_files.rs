@@ -2,17 +2,9 @@
 //! Dockerfile) cannot be run here (no cluster, no Docker engine); these
 //! tests keep them parseable and hold them to the fields they need.
 
-mod support;
-
-use std::path::{Path, PathBuf};
-
 use peerpool::config::Config;
+use peerpool_testkit::prelude::*;
 use serde_json::Value;
-use support::yaml_documents;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     docs.iter()
@@ -74,9 +66,9 @@ fn the_kubernetes_sidecar_example_has_what_a_deployment_needs() {
         .unwrap_or(0.0);
     let grace = pod["terminationGracePeriodSeconds"].as_f64().unwrap();
     assert!(
-        grace >= sleep + config.admin.drain_timeout,
+        grace >= sleep + config.admin.drain_timeout.as_secs_f64(),
         "grace {grace}s < preStop {sleep}s + drain_timeout {}s",
-        config.admin.drain_timeout
+        config.admin.drain_timeout.as_secs_f64()
     );
 
     // Prometheus annotations point at the admin port.

@@ -28,7 +28,7 @@ fn readme_retry_table_matches_the_code() {
     }
     rows.push(format!(
         "| then | the peer is `unreachable`; one probe every {} s ± {pct} % until one succeeds |",
-        retry.max_delay
+        retry.max_delay.as_secs_f64()
     ));
     let expected = rows.join("\n");
     let readme = read("README.md");

@@ -1,15 +1,13 @@
 //! `/metrics` after a scripted sequence of pool events, with exact values.
 //! (nextest runs each test in its own process, so the recorder starts empty.)
 
-mod support;
-
 use std::time::Duration;
 
 use peerpool::config::PeerConfig;
 use peerpool::identity::Identity;
 use peerpool::pool::{PeerState, Strategy};
 use peerpool::Pool;
-use support::*;
+use peerpool_testkit::prelude::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -22,10 +20,10 @@ async fn exact_counts_after_a_scripted_sequence() {
     init_tracing();
     let handle = peerpool::metrics::install();
     let mut cfg = config(1, Strategy::RoundRobin);
-    cfg.pool.connection_timeout = 0.3;
+    cfg.pool.connection_timeout = Duration::from_secs_f64(0.3);
     cfg.retry.max_retries = 1;
-    cfg.retry.max_delay = 60.0;
-    cfg.retry.initial_delay = 0.05;
+    cfg.retry.max_delay = Duration::from_secs_f64(60.0);
+    cfg.retry.initial_delay = Duration::from_secs_f64(0.05);
 
     let (ida, idb) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let (sa, sb) = (udp(), udp());

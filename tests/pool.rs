@@ -1,8 +1,6 @@
 //! The pool over real QUIC on 127.0.0.1: connection counts, strategies,
 //! restarts, unreachable peers, identity, supervision, concurrency.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -10,7 +8,7 @@ use peerpool::config::{Config, PeerConfig};
 use peerpool::identity::Identity;
 use peerpool::pool::{PeerState, Strategy};
 use peerpool::{Pool, PooledStream};
-use support::*;
+use peerpool_testkit::prelude::*;
 
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -270,7 +268,7 @@ async fn latency_picks_the_lowest_rtt_times_load() {
 async fn a_closed_connection_is_redialled_after_the_backoff() {
     init_tracing();
     let mut cfg = config(3, Strategy::RoundRobin);
-    cfg.retry.reset_after = 60.0;
+    cfg.retry.reset_after = Duration::from_secs_f64(60.0);
     let (a, b) = pair(&cfg, true, false);
     assert_settles_on(&a, &b, 3).await;
     let peer_of_b = a.identity.id;
@@ -320,9 +318,9 @@ async fn a_closed_connection_is_redialled_after_the_backoff() {
 async fn an_unreachable_peer_fails_fast_and_recovers_on_the_next_probe() {
     init_tracing();
     let mut cfg = config(3, Strategy::RoundRobin);
-    cfg.pool.connection_timeout = 0.3;
-    cfg.retry.initial_delay = 0.05;
-    cfg.retry.max_delay = 1.5;
+    cfg.pool.connection_timeout = Duration::from_secs_f64(0.3);
+    cfg.retry.initial_delay = Duration::from_secs_f64(0.05);
+    cfg.retry.max_delay = Duration::from_secs_f64(1.5);
     // Nothing listens on this port once the socket is dropped.
     let dead = udp();
     let dead_addr = dead.local_addr().unwrap();
@@ -391,8 +389,8 @@ async fn a_peer_with_another_identity_never_becomes_healthy() {
     // another id, so c's verifier refuses every handshake.
     let stranger = Identity::generate().unwrap();
     let mut cc = cfg.clone();
-    cc.pool.connection_timeout = 0.5;
-    cc.retry.max_delay = 1.0;
+    cc.pool.connection_timeout = Duration::from_secs_f64(0.5);
+    cc.retry.max_delay = Duration::from_secs_f64(1.0);
     cc.peers = vec![PeerConfig {
         name: "b".into(),
         id: stranger.id,
@@ -413,8 +411,8 @@ async fn a_peer_with_another_identity_never_becomes_healthy() {
     assert!(wrong_id >= Some(4.0), "wrong_id refusals: {wrong_id:?}");
     // d pins b correctly, but b does not list d: b refuses d.
     let mut cd = cfg.clone();
-    cd.pool.connection_timeout = 0.5;
-    cd.retry.max_delay = 1.0;
+    cd.pool.connection_timeout = Duration::from_secs_f64(0.5);
+    cd.retry.max_delay = Duration::from_secs_f64(1.0);
     cd.peers = vec![PeerConfig {
         name: "b".into(),
         id: b.identity.id,
@@ -601,7 +599,7 @@ async fn a_saturated_connection_is_skipped_and_a_freed_slot_is_taken() {
     init_tracing();
     let mut cfg = config(3, Strategy::RoundRobin);
     cfg.node.max_concurrent_streams = 10;
-    cfg.pool.stream_open_timeout = 1.0;
+    cfg.pool.stream_open_timeout = Duration::from_secs_f64(1.0);
     let (a, b) = pair(&cfg, true, false);
     assert_settles_on(&a, &b, 3).await;
     let peer = b.identity.id;

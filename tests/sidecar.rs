@@ -1,8 +1,6 @@
 //! The sidecar in-process: the admin API, and hostile or broken streams
 //! against a serving node, over real sockets.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,14 +11,14 @@ use peerpool::pool::Strategy;
 use peerpool::sidecar::header::{self, Status};
 use peerpool::sidecar::{Listeners, Node};
 use peerpool::{IncomingStream, Pool};
-use support::*;
+use peerpool_testkit::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An echo upstream on loopback, served from this process.
 async fn echo_upstream() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(peerpool::tools::load::serve_echo(l));
+    tokio::spawn(peerpool_testkit::load::serve_echo(l));
     addr
 }
 
@@ -291,7 +289,7 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
     init_tracing();
     let echo = echo_upstream().await;
     let mut cfg = config(2, Strategy::RoundRobin);
-    cfg.node.header_timeout = 1.0;
+    cfg.node.header_timeout = Duration::from_secs_f64(1.0);
     cfg.service = vec![
         ServiceConfig {
             name: "echo".into(),

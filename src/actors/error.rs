@@ -1,6 +1,11 @@
+//! `PoolError`: everything the pool's API can fail with. Messages name the
+//! peer; sources are kept, so `{:#}`-style reporters show the whole chain.
+
 use std::time::Duration;
 
-/// Everything the pool's API can fail with. Messages name the peer.
+use crate::metrics::labels::FailureReason;
+use crate::transport::BindError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("unknown peer {0:?}: not configured on this node")]
@@ -24,23 +29,23 @@ pub enum PoolError {
     #[error("invalid peer: {0}")]
     InvalidPeer(String),
     #[error("cannot start the pool: {0}")]
-    Start(String),
+    Start(#[source] BindError),
     #[error("the pool has stopped")]
     Stopped,
 }
 
 impl PoolError {
-    /// The `reason` label for this failure.
-    pub fn reason(&self) -> &'static str {
+    /// The `reason` label of this failure: the only place it is decided.
+    pub fn reason(&self) -> FailureReason {
         match self {
-            PoolError::UnknownPeer(_) => "unknown_peer",
-            PoolError::PeerUnreachable { .. } => "unreachable",
-            PoolError::NoHealthyConnection { .. } => "no_connection",
-            PoolError::Timeout { .. } => "timeout",
-            PoolError::Draining { .. } => "draining",
-            PoolError::Connection { .. } => "connection",
-            PoolError::PeerExists(_) | PoolError::InvalidPeer(_) => "invalid",
-            PoolError::Start(_) | PoolError::Stopped => "stopped",
+            PoolError::UnknownPeer(_) => FailureReason::UnknownPeer,
+            PoolError::PeerUnreachable { .. } => FailureReason::Unreachable,
+            PoolError::NoHealthyConnection { .. } => FailureReason::NoConnection,
+            PoolError::Timeout { .. } => FailureReason::Timeout,
+            PoolError::Draining { .. } => FailureReason::Draining,
+            PoolError::Connection { .. } => FailureReason::Connection,
+            PoolError::PeerExists(_) | PoolError::InvalidPeer(_) => FailureReason::Invalid,
+            PoolError::Start(_) | PoolError::Stopped => FailureReason::Stopped,
         }
     }
 }

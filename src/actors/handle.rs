@@ -1,3 +1,7 @@
+//! [`Pool`]: the public, cheap-to-clone handle to a node's supervisor and
+//! the peers' published tables. Reads go to the tables; changes go to the
+//! supervisor as messages.
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -5,12 +9,15 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::context::{NodeContext, StreamHandler};
-use super::shared::{ConnectionInfo, PeerShared, PeerStatus, PooledStream, Registry};
-use super::supervisor::{
-    accept_loop, AddPeer, DialPeer, PanicPeer, RemovePeer, Shutdown, Supervisor,
-};
-use super::PoolError;
+use super::admission::accept_loop;
+use super::context::NodeContext;
+use super::error::PoolError;
+use super::messages::{AddPeer, DialPeer, RemovePeer, Shutdown};
+use super::registry::Registry;
+use super::shared::PeerShared;
+use super::status::{ConnectionInfo, PeerStatus};
+use super::streams::{PooledStream, StreamHandler};
+use super::supervisor::Supervisor;
 use crate::config::{Config, PeerConfig};
 use crate::identity::{Identity, PeerId};
 use crate::pool::PeerState;
@@ -39,8 +46,7 @@ impl Pool {
         identity: Identity,
         handler: Arc<dyn StreamHandler>,
     ) -> Result<Pool, PoolError> {
-        let socket =
-            transport::bind_socket(&config.node).map_err(|e| PoolError::Start(e.to_string()))?;
+        let socket = transport::bind_socket(&config.node).map_err(PoolError::Start)?;
         Pool::start_with_socket(config, identity, handler, socket)
     }
 
@@ -54,15 +60,18 @@ impl Pool {
     ) -> Result<Pool, PoolError> {
         let registry = Arc::new(Registry::new(config.node.accept_unknown_peers));
         let endpoint = transport::endpoint(&config.node, &identity, registry.clone(), socket)
-            .map_err(|e| PoolError::Start(e.to_string()))?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|e| PoolError::Start(e.to_string()))?;
+            .map_err(PoolError::Start)?;
+        let local_addr = endpoint.local_addr().map_err(|source| {
+            PoolError::Start(transport::BindError::Socket {
+                addr: config.node.listen,
+                source,
+            })
+        })?;
         let node = Arc::new(NodeContext::new(
             config, identity, endpoint, local_addr, registry, handler,
         ));
         let supervisor = Supervisor::start(node.clone())?;
-        actix::spawn(accept_loop(node.clone(), supervisor.clone()));
+        actix::spawn(accept_loop(node.clone(), supervisor.clone().recipient()));
         tracing::info!(id = %node.local_id(), listen = %local_addr, "pool started");
         Ok(Pool { node, supervisor })
     }
@@ -123,8 +132,7 @@ impl Pool {
     }
 
     fn dial_bound(&self, dialable: bool) -> Duration {
-        let cfg = &self.node.config;
-        let per_attempt = cfg.pool.connection_timeout();
+        let per_attempt = self.node.config.pool.connection_timeout;
         if !dialable {
             return per_attempt;
         }
@@ -215,7 +223,7 @@ impl Pool {
 
     /// The state of a peer, by id.
     pub fn peer_state(&self, id: &PeerId) -> Option<PeerState> {
-        self.node.registry.get(id).map(|s| s.routes().state)
+        self.node.registry.get(id).map(|s| s.state())
     }
 
     /// Adds a peer at run time; it is dialled at once if it has an address.
@@ -260,8 +268,16 @@ impl Pool {
     }
 
     /// Test hook: panics the `PeerActor` of `peer` to exercise the supervisor.
-    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
     pub async fn inject_actor_panic(&self, peer: &PeerId) -> Result<(), PoolError> {
+        use super::messages::hooks::PanicPeer;
         self.supervisor.send(PanicPeer(*peer)).await?
+    }
+
+    /// Test hook: what the `PeerCore` of `peer` holds, read by its actor.
+    #[cfg(feature = "test-util")]
+    pub async fn inspect_core(&self, peer: &PeerId) -> Result<super::inspect::CoreView, PoolError> {
+        use super::messages::hooks::InspectPeer;
+        self.supervisor.send(InspectPeer(*peer)).await?
     }
 }

@@ -1,31 +1,34 @@
-//! The `Supervisor`: one per node. It starts a `PeerActor` per peer, adds and
-//! removes peers at run time, routes inbound connections to their peer, and
-//! restarts a `PeerActor` that dies (a panic or an unexpected stop) with the
-//! same configuration.
+//! The `Supervisor`: one per node. It starts a `PeerActor` per peer, adds
+//! and removes peers at run time, routes admitted inbound connections to
+//! their peer's actor, and restarts a `PeerActor` that dies (a panic or an
+//! unexpected stop) with the same configuration.
+//!
+//! Whether a peer is being removed is its actor's to know (its core drains,
+//! and publishes `draining`): the supervisor asks the published state, and
+//! a second removal of the same peer is answered by the actor itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::context::NodeContext;
-use super::peer::{Admit, Dial, Drain, InjectPanic, PeerActor};
-use super::shared::{ConnectionInfo, PeerShared};
-use super::PoolError;
-use crate::config::{check_peer_name, PeerConfig};
+use super::error::PoolError;
+use super::messages::{AddPeer, Dial, DialPeer, Drain, Inbound, PeerDied, RemovePeer, Shutdown};
+use super::peer::{PeerActor, Supervision};
+use super::shared::PeerShared;
+use crate::config::{check_peer, PeerConfig};
 use crate::identity::PeerId;
-use crate::metrics;
+use crate::metrics::{self, labels::ActorKind, labels::InboundRefused};
+use crate::pool::PeerState;
 use crate::transport::codes::{self, CloseCode};
-use crate::transport::hello::{self, ExchangeError, HelloError};
-use crate::transport::tls;
 
 struct Entry {
     shared: Arc<PeerShared>,
     addr: Addr<PeerActor>,
     generation: u64,
-    removing: bool,
 }
 
 pub(crate) struct Supervisor {
@@ -36,7 +39,7 @@ pub(crate) struct Supervisor {
 impl Supervisor {
     /// Creates the supervisor with the configured peers already registered,
     /// so no inbound handshake can arrive before they are known.
-    pub fn start(node: Arc<NodeContext>) -> Result<Addr<Supervisor>, PoolError> {
+    pub(crate) fn start(node: Arc<NodeContext>) -> Result<Addr<Supervisor>, PoolError> {
         let mut failure = None;
         let addr = Supervisor::create(|ctx| {
             let mut sup = Supervisor {
@@ -56,34 +59,42 @@ impl Supervisor {
         }
     }
 
+    fn spawn_actor(
+        &self,
+        shared: &Arc<PeerShared>,
+        generation: u64,
+        ctx: &mut Context<Self>,
+    ) -> Addr<PeerActor> {
+        let supervision = Supervision {
+            died: ctx.address().recipient(),
+            remove: ctx.address().recipient(),
+            generation,
+        };
+        PeerActor::new(self.node.clone(), shared.clone(), supervision).start()
+    }
+
     fn add(
         &mut self,
         config: PeerConfig,
         ephemeral: bool,
         ctx: &mut Context<Self>,
     ) -> Result<Arc<PeerShared>, PoolError> {
-        check_peer_name(&config.name).map_err(|m| PoolError::InvalidPeer(format!("name: {m}")))?;
-        if config.id == self.node.local_id() {
-            return Err(PoolError::InvalidPeer(format!(
-                "id {} is this node's own id",
-                config.id
-            )));
-        }
-        if config.addr.is_some_and(|a| a.port() == 0) {
-            return Err(PoolError::InvalidPeer(
-                "addr: port 0 cannot be dialled".into(),
-            ));
+        if let Some(problem) = check_peer(&config, Some(self.node.local_id()))
+            .into_iter()
+            .next()
+        {
+            return Err(PoolError::InvalidPeer(problem.to_string()));
         }
         let pool = &self.node.config.pool;
         let shared = Arc::new(PeerShared::new(
             config,
             pool.max_connections_per_peer,
             pool.load_balancing_strategy,
-            pool.stream_open_timeout(),
+            pool.stream_open_timeout,
             ephemeral,
         ));
         self.node.registry.insert(shared.clone())?;
-        let addr = PeerActor::new(self.node.clone(), shared.clone(), ctx.address(), 0).start();
+        let addr = self.spawn_actor(&shared, 0, ctx);
         tracing::info!(peer = %shared.name(), id = %shared.id(), addr = ?shared.config.addr, ephemeral, "peer added");
         self.peers.insert(
             shared.id(),
@@ -91,10 +102,36 @@ impl Supervisor {
                 shared: shared.clone(),
                 addr,
                 generation: 0,
-                removing: false,
             },
         );
         Ok(shared)
+    }
+
+    /// Drains a peer: the future resolves once its actor has closed its
+    /// connections (`Ok`), or at once if the actor drains already
+    /// (`Err(Draining)`). The drain request is sent now, so drains asked for
+    /// together run together.
+    fn drain(
+        entry: &Entry,
+        code: CloseCode,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), PoolError>> {
+        let request = entry.addr.send(Drain { code, timeout });
+        async move {
+            match request.await {
+                Ok(result) => result,
+                // The actor died during its drain: its connections are gone.
+                Err(_) => Ok(()),
+            }
+        }
+    }
+
+    /// Forgets a peer whose drain finished.
+    fn forget(&mut self, id: &PeerId) {
+        if let Some(entry) = self.peers.remove(id) {
+            self.node.registry.remove(id);
+            tracing::info!(peer = %entry.shared.name(), "peer removed");
+        }
     }
 }
 
@@ -103,19 +140,13 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(metrics::TOUCH_INTERVAL, |act, _| {
-            let ready = act.node.registry.ready();
-            act.node
-                .node_metrics
-                .ready
-                .set(if ready { 1.0 } else { 0.0 });
-            act.node.node_metrics.touch();
+            let ready = act.node.registry.not_ready().is_empty();
+            let m = &act.node.node_metrics;
+            m.ready.set(if ready { 1.0 } else { 0.0 });
+            m.touch();
         });
     }
 }
-
-#[derive(Message)]
-#[rtype(result = "Result<(), PoolError>")]
-pub(crate) struct AddPeer(pub PeerConfig);
 
 impl Handler<AddPeer> for Supervisor {
     type Result = Result<(), PoolError>;
@@ -128,64 +159,45 @@ impl Handler<AddPeer> for Supervisor {
     }
 }
 
-/// Drains and removes a peer by name.
-#[derive(Message)]
-#[rtype(result = "Result<(), PoolError>")]
-pub(crate) struct RemovePeer(pub String);
-
 impl Handler<RemovePeer> for Supervisor {
     type Result = ResponseActFuture<Self, Result<(), PoolError>>;
 
     fn handle(&mut self, msg: RemovePeer, _ctx: &mut Self::Context) -> Self::Result {
-        let found = self
-            .peers
-            .iter_mut()
-            .find(|(_, e)| e.shared.name() == msg.0 && !e.removing);
-        let Some((id, entry)) = found else {
+        let Some((id, entry)) = self.peers.iter().find(|(_, e)| e.shared.name() == msg.0) else {
             return Box::pin(fut::ready(Err(PoolError::UnknownPeer(msg.0))));
         };
         let id = *id;
-        entry.removing = true;
-        let drain = entry.addr.send(Drain {
-            code: codes::REMOVED,
-            timeout: self.node.drain_timeout(),
-        });
-        Box::pin(drain.into_actor(self).map(move |_, act, _| {
-            act.peers.remove(&id);
-            act.node.registry.remove(&id);
-            tracing::info!(peer = %msg.0, "peer removed");
-            Ok(())
-        }))
+        let drain = Supervisor::drain(entry, codes::REMOVED, self.node.config.admin.drain_timeout);
+        Box::pin(
+            drain
+                .into_actor(self)
+                .map(move |result, act, _| match result {
+                    Ok(()) => {
+                        act.forget(&id);
+                        Ok(())
+                    }
+                    // Another removal of this peer is under way.
+                    Err(_) => Err(PoolError::UnknownPeer(msg.0)),
+                }),
+        )
     }
-}
-
-/// An inbound connection passed TLS and its hello.
-#[derive(Message)]
-#[rtype(result = "Result<(), CloseCode>")]
-pub(crate) struct Inbound {
-    pub conn: quinn::Connection,
-    /// The hello; the peer actor that admits it writes the answer.
-    pub received: hello::Received,
 }
 
 impl Handler<Inbound> for Supervisor {
     type Result = ResponseFuture<Result<(), CloseCode>>;
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        let refuse = |code| -> Self::Result { Box::pin(async move { Err(code) }) };
         if self.node.is_shutting_down() {
-            return Box::pin(async { Err(codes::GOING_AWAY) });
+            return refuse(codes::GOING_AWAY);
         }
         let id = msg.received.hello.id;
         let addr = match self.peers.get(&id) {
-            Some(e) if e.removing => {
-                metrics::inbound_refused("draining");
-                return Box::pin(async { Err(codes::DRAINING) });
-            }
+            // A draining peer's actor refuses it (and counts that).
             Some(e) => e.addr.clone(),
             None if self.node.registry.accept_unknown() => {
-                let name = format!("u-{}", id.short());
                 let config = PeerConfig {
-                    name,
+                    name: format!("u-{}", id.short()),
                     id,
                     addr: None,
                 };
@@ -193,18 +205,18 @@ impl Handler<Inbound> for Supervisor {
                     Ok(_) => self.peers[&id].addr.clone(),
                     Err(e) => {
                         tracing::warn!(peer = %id, error = %e, "cannot admit an unknown peer");
-                        metrics::inbound_refused("unknown");
-                        return Box::pin(async { Err(codes::UNKNOWN_PEER) });
+                        metrics::inbound_refused(InboundRefused::Unknown);
+                        return refuse(codes::UNKNOWN_PEER);
                     }
                 }
             }
             None => {
-                metrics::inbound_refused("unknown");
-                return Box::pin(async { Err(codes::UNKNOWN_PEER) });
+                metrics::inbound_refused(InboundRefused::Unknown);
+                return refuse(codes::UNKNOWN_PEER);
             }
         };
         Box::pin(async move {
-            addr.send(Admit {
+            addr.send(super::messages::Admit {
                 conn: msg.conn,
                 received: msg.received,
             })
@@ -214,43 +226,28 @@ impl Handler<Inbound> for Supervisor {
     }
 }
 
-/// A `PeerActor` ended without being asked to.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct PeerDied {
-    pub id: PeerId,
-    pub generation: u64,
-}
-
 impl Handler<PeerDied> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerDied, ctx: &mut Self::Context) {
-        let Some(entry) = self.peers.get_mut(&msg.id) else {
+        let Some(entry) = self.peers.get(&msg.id) else {
             return;
         };
-        if entry.generation != msg.generation || entry.removing {
+        // An actor that dies during its drain is not replaced: the drain's
+        // requester forgets the peer.
+        if entry.generation != msg.generation || entry.shared.state() == PeerState::Draining {
             return;
         }
-        entry.generation += 1;
-        metrics::actor_restart("peer");
-        tracing::error!(peer = %entry.shared.name(), generation = entry.generation, "PeerActor stopped unexpectedly; restarting it");
-        entry.addr = PeerActor::new(
-            self.node.clone(),
-            entry.shared.clone(),
-            ctx.address(),
-            entry.generation,
-        )
-        .start();
+        let generation = entry.generation + 1;
+        let shared = entry.shared.clone();
+        metrics::actor_restart(ActorKind::Peer);
+        tracing::error!(peer = %shared.name(), generation, "PeerActor stopped unexpectedly; restarting it");
+        let addr = self.spawn_actor(&shared, generation, ctx);
+        if let Some(entry) = self.peers.get_mut(&msg.id) {
+            entry.addr = addr;
+            entry.generation = generation;
+        }
     }
-}
-
-/// `Pool::dial_peer`, routed to the peer's actor.
-#[derive(Message)]
-#[rtype(result = "Result<(), PoolError>")]
-pub(crate) struct DialPeer {
-    pub id: PeerId,
-    pub reply: tokio::sync::oneshot::Sender<Result<Vec<ConnectionInfo>, PoolError>>,
 }
 
 impl Handler<DialPeer> for Supervisor {
@@ -266,52 +263,21 @@ impl Handler<DialPeer> for Supervisor {
     }
 }
 
-/// Test hook: panic the actor of `id`.
-#[derive(Message)]
-#[rtype(result = "Result<(), PoolError>")]
-pub(crate) struct PanicPeer(pub PeerId);
-
-impl Handler<PanicPeer> for Supervisor {
-    type Result = Result<(), PoolError>;
-
-    fn handle(&mut self, msg: PanicPeer, _ctx: &mut Self::Context) -> Self::Result {
-        let entry = self
-            .peers
-            .get(&msg.0)
-            .ok_or_else(|| PoolError::UnknownPeer(msg.0.to_string()))?;
-        entry.addr.do_send(InjectPanic);
-        Ok(())
-    }
-}
-
-/// Drain every peer, close every connection with "going away", stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Shutdown {
-    pub timeout: Duration,
-}
-
 impl Handler<Shutdown> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        self.node.shutting_down.store(true, Ordering::Release);
+        self.node.start_shutdown();
         let drains: Vec<_> = self
             .peers
-            .values_mut()
-            .map(|e| {
-                e.removing = true;
-                e.addr.send(Drain {
-                    code: codes::GOING_AWAY,
-                    timeout: msg.timeout,
-                })
-            })
+            .values()
+            .map(|e| Supervisor::drain(e, codes::GOING_AWAY, msg.timeout))
             .collect();
         let endpoint = self.node.endpoint.clone();
         Box::pin(
             async move {
-                for d in drains {
-                    let _ = d.await;
+                for drain in drains {
+                    let _ = drain.await;
                 }
                 endpoint.close(
                     codes::GOING_AWAY.var_int(),
@@ -321,84 +287,47 @@ impl Handler<Shutdown> for Supervisor {
                 let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             }
             .into_actor(self)
-            .map(|_, _, ctx| ctx.stop()),
+            .map(|_, act, ctx| {
+                let ids: Vec<PeerId> = act.peers.keys().copied().collect();
+                for id in ids {
+                    act.forget(&id);
+                }
+                ctx.stop()
+            }),
         )
     }
 }
 
-/// Accepts inbound connections until the endpoint closes.
-pub(crate) async fn accept_loop(node: Arc<NodeContext>, supervisor: Addr<Supervisor>) {
-    while let Some(incoming) = node.endpoint.accept().await {
-        if node.is_shutting_down() {
-            incoming.refuse();
-            continue;
-        }
-        actix::spawn(handle_incoming(incoming, node.clone(), supervisor.clone()));
-    }
-}
+#[cfg(feature = "test-util")]
+mod hooks {
+    use super::*;
+    use crate::actors::inspect::CoreView;
+    use crate::actors::messages::hooks::{InjectPanic, Inspect, InspectPeer, PanicPeer};
 
-/// TLS handshake, hello, admission by the peer's actor, answer.
-async fn handle_incoming(
-    incoming: quinn::Incoming,
-    node: Arc<NodeContext>,
-    supervisor: Addr<Supervisor>,
-) {
-    let timeout = node.config.pool.connection_timeout();
-    let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(timeout, incoming).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            if let Some(reason) = tls::uncounted_handshake_failure(&e) {
-                metrics::handshake_failure(reason);
-            }
-            tracing::debug!(%remote, error = %e, "inbound handshake failed");
-            return;
+    impl Supervisor {
+        fn actor(&self, id: &PeerId) -> Result<Addr<PeerActor>, PoolError> {
+            self.peers
+                .get(id)
+                .map(|e| e.addr.clone())
+                .ok_or_else(|| PoolError::UnknownPeer(id.to_string()))
         }
-        Err(_) => {
-            metrics::handshake_failure("timeout");
-            tracing::debug!(%remote, "inbound handshake timed out");
-            return;
-        }
-    };
-    let Some(id) = tls::remote_id(&conn) else {
-        codes::BAD_HELLO.close(&conn);
-        return;
-    };
-    let received = match tokio::time::timeout(timeout, hello::accept(&conn)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(ExchangeError::Hello(HelloError::Version { theirs }))) => {
-            metrics::handshake_failure("version");
-            tracing::warn!(peer = %id, %remote, theirs, ours = hello::VERSION, "peer speaks another hello version; closing");
-            codes::VERSION_MISMATCH.close(&conn);
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %id, %remote, error = %e, "bad hello");
-            codes::BAD_HELLO.close(&conn);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(peer = %id, %remote, "no hello in time");
-            codes::BAD_HELLO.close(&conn);
-            return;
-        }
-    };
-    if received.hello.id != id {
-        metrics::handshake_failure("wrong_id");
-        tracing::warn!(peer = %id, claimed = %received.hello.id, "hello names another identity than the certificate");
-        codes::BAD_HELLO.close(&conn);
-        return;
     }
-    // Admitted: the peer actor answers on the control stream it keeps.
-    match supervisor
-        .send(Inbound {
-            conn: conn.clone(),
-            received,
-        })
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(code)) => code.close(&conn),
-        Err(_) => codes::GOING_AWAY.close(&conn),
+
+    impl Handler<PanicPeer> for Supervisor {
+        type Result = Result<(), PoolError>;
+
+        fn handle(&mut self, msg: PanicPeer, _ctx: &mut Self::Context) -> Self::Result {
+            self.actor(&msg.0)?.do_send(InjectPanic);
+            Ok(())
+        }
+    }
+
+    impl Handler<InspectPeer> for Supervisor {
+        type Result = ResponseFuture<Result<CoreView, PoolError>>;
+
+        fn handle(&mut self, msg: InspectPeer, _ctx: &mut Self::Context) -> Self::Result {
+            let actor = self.actor(&msg.0);
+            Box::pin(async move { Ok(actor?.send(Inspect).await?) })
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::Time;
+use super::time::Time;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};

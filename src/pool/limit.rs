@@ -12,11 +12,11 @@ use std::cmp::Ordering;
 
 /// What both ends know about a connection, for ranking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnRank {
+pub(crate) struct ConnRank {
     /// Whether the dialler's peer id is the smaller of the two.
-    pub dialed_by_smaller_id: bool,
+    pub(crate) dialed_by_smaller_id: bool,
     /// The dialler's sequence number for this connection (increasing).
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 impl Ord for ConnRank {
@@ -37,7 +37,7 @@ impl PartialOrd for ConnRank {
 
 /// What to do with a connection that arrives while `existing` are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Under the limit: keep it.
     Admit,
     /// At the limit, but it outranks `existing[i]`: keep it, retire that one.
@@ -48,7 +48,7 @@ pub enum Admission {
 
 /// Decides on a new connection given the ones held (excluding any already
 /// being retired) and the limit N.
-pub fn admit(existing: &[ConnRank], candidate: ConnRank, limit: usize) -> Admission {
+pub(crate) fn admit(existing: &[ConnRank], candidate: ConnRank, limit: usize) -> Admission {
     if existing.len() < limit {
         return Admission::Admit;
     }
@@ -60,7 +60,7 @@ pub fn admit(existing: &[ConnRank], candidate: ConnRank, limit: usize) -> Admiss
 
 /// Indices of the connections to retire so that at most `limit` remain,
 /// worst first.
-pub fn excess(existing: &[ConnRank], limit: usize) -> Vec<usize> {
+pub(crate) fn excess(existing: &[ConnRank], limit: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..existing.len()).collect();
     order.sort_by(|&a, &b| existing[b].cmp(&existing[a]));
     order.truncate(existing.len().saturating_sub(limit));

@@ -5,23 +5,26 @@
 //! tested deterministically, the way quinn-proto separates protocol logic from
 //! quinn's IO.
 //!
+//! - [`time`]: the clock reading the core is handed.
 //! - [`backoff`]: the delay before each retry.
 //! - [`balance`]: which connection carries the next stream.
-//! - [`dial`]: which connection slots to dial, and when.
-//! - [`limit`]: the per-peer limit and the simultaneous-dial tie-break.
-//! - [`peer_state`]: connecting / healthy / degraded / unreachable / draining.
+//! - `conn`: one connection as the core knows it.
+//! - `peer`: `PeerCore`, a peer's connections, dial plan and drain: the one
+//!   record everything else about a peer is derived from.
+//! - `limit`: the per-peer limit and the simultaneous-dial tie-break.
+//! - [`state`]: connecting / healthy / degraded / unreachable / draining, as
+//!   a function of the core's facts.
 
 pub mod backoff;
 pub mod balance;
-pub mod dial;
-pub mod limit;
-pub mod peer_state;
-
-/// A point in time, as the time since an epoch chosen by the caller.
-pub type Time = std::time::Duration;
+pub(crate) mod conn;
+pub(crate) mod limit;
+pub(crate) mod peer;
+pub mod state;
+pub mod time;
 
 pub use backoff::RetryPolicy;
 pub use balance::{Balancer, Load, PeakEwma, Strategy};
-pub use dial::{AfterFailure, ConnKey, DialPlanner};
-pub use limit::{admit, excess, Admission, ConnRank};
-pub use peer_state::{PeerEvent, PeerState, PeerStateMachine};
+pub use conn::{ConnKey, Direction};
+pub use state::PeerState;
+pub use time::Time;

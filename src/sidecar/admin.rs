@@ -21,7 +21,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::config::{check_peer_name, PeerConfig};
+use crate::config::PeerConfig;
 use crate::{Pool, PoolError};
 
 /// Request bodies larger than this are refused with 413.
@@ -171,9 +171,6 @@ async fn list_peers(state: web::Data<AdminState>) -> HttpResponse {
 async fn add_peer(state: web::Data<AdminState>, body: web::Json<PeerConfig>) -> HttpResponse {
     use actix_web::http::StatusCode;
     let peer = body.into_inner();
-    if let Err(m) = check_peer_name(&peer.name) {
-        return error(StatusCode::BAD_REQUEST, format!("name: {m}"));
-    }
     let name = peer.name.clone();
     match state.pool.add_peer(peer).await {
         Ok(()) => match state.pool.peer(&name) {

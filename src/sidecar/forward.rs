@@ -11,17 +11,19 @@ use tokio::net::{TcpListener, TcpStream};
 use super::header;
 use super::pipe::{self, Outcome};
 use crate::config::ForwardConfig;
-use crate::metrics::{FORWARD_CONNECTIONS, FORWARD_DURATION};
+use crate::metrics::labels::TransferResult;
+use crate::metrics::sidecar::ForwardMetrics;
 use crate::Pool;
 
 /// Accepts TCP connections until the task is aborted (on shutdown).
-pub async fn serve(listener: TcpListener, config: ForwardConfig, pool: Pool) {
-    let label = config.listen.to_string();
-    // Created at zero so that dashboards see the forward before traffic.
-    metrics::counter!(FORWARD_CONNECTIONS, "forward" => label.clone(), "result" => "ok")
-        .increment(0);
+pub(crate) async fn serve(
+    listener: TcpListener,
+    config: ForwardConfig,
+    pool: Pool,
+    metrics: Arc<ForwardMetrics>,
+) {
     let Some(head) = header::encode(&config.service) else {
-        tracing::error!(forward = %label, service = %config.service, "service name cannot be sent; forward disabled");
+        tracing::error!(forward = %config.listen, service = %config.service, "service name cannot be sent; forward disabled");
         return;
     };
     let head: Arc<[u8]> = head.into();
@@ -35,12 +37,12 @@ pub async fn serve(listener: TcpListener, config: ForwardConfig, pool: Pool) {
                     pool.clone(),
                     config.clone(),
                     head.clone(),
-                    label.clone(),
+                    metrics.clone(),
                 ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: keep serving.
-                tracing::warn!(forward = %label, error = %e, "accept failed");
+                tracing::warn!(forward = %config.listen, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -52,31 +54,28 @@ async fn forward_one(
     pool: Pool,
     config: Arc<ForwardConfig>,
     head: Arc<[u8]>,
-    label: String,
+    metrics: Arc<ForwardMetrics>,
 ) {
     let started = Instant::now();
     let result = match pool.open_stream_to(&config.peer).await {
         Err(e) => {
-            tracing::debug!(forward = %label, peer = %config.peer, error = %e, "no stream for a TCP connection");
+            tracing::debug!(forward = %config.listen, peer = %config.peer, error = %e, "no stream for a TCP connection");
             pipe::abort(tcp);
-            e.reason()
+            e.reason().into()
         }
         Ok(stream) => {
             let (mut send, recv) = stream.into_split();
             if send.write_all(&head).await.is_err() {
                 pipe::abort(tcp);
-                "stream_reset"
+                TransferResult::StreamReset
             } else {
                 let outcome = pipe::pipe(tcp, send, recv, true).await;
                 if !matches!(outcome, Outcome::Done { .. }) {
-                    tracing::debug!(forward = %label, peer = %config.peer, ?outcome, "forwarded connection failed");
+                    tracing::debug!(forward = %config.listen, peer = %config.peer, ?outcome, "forwarded connection failed");
                 }
                 outcome.label()
             }
         }
     };
-    metrics::counter!(FORWARD_CONNECTIONS, "forward" => label.clone(), "result" => result)
-        .increment(1);
-    metrics::histogram!(FORWARD_DURATION, "forward" => label)
-        .record(started.elapsed().as_secs_f64());
+    metrics.record(result, started.elapsed());
 }

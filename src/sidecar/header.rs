@@ -16,6 +16,7 @@
 //! for more bytes, or a clean error.
 
 use crate::config::MAX_SERVICE_NAME_BYTES;
+use crate::metrics::labels::TransferResult;
 
 pub const MAGIC: [u8; 2] = *b"PS";
 pub const VERSION: u8 = 1;
@@ -61,17 +62,17 @@ impl Status {
         Status::ALL.iter().copied().find(|s| *s as u8 == b)
     }
 
-    /// The metric label.
-    pub fn label(self) -> &'static str {
+    /// The `result` label of a stream that got this status.
+    pub fn label(self) -> TransferResult {
         match self {
-            Status::Ok => "ok",
-            Status::Malformed => "bad_header",
-            Status::UnsupportedVersion => "bad_version",
-            Status::UnknownService => "unknown_service",
-            Status::UpstreamUnreachable => "upstream_unreachable",
-            Status::HeaderTimeout => "header_timeout",
-            Status::Draining => "draining",
-            Status::TooLarge => "header_too_large",
+            Status::Ok => TransferResult::Ok,
+            Status::Malformed => TransferResult::BadHeader,
+            Status::UnsupportedVersion => TransferResult::BadVersion,
+            Status::UnknownService => TransferResult::UnknownService,
+            Status::UpstreamUnreachable => TransferResult::UpstreamUnreachable,
+            Status::HeaderTimeout => TransferResult::HeaderTimeout,
+            Status::Draining => TransferResult::Draining,
+            Status::TooLarge => TransferResult::HeaderTooLarge,
         }
     }
 
@@ -82,8 +83,6 @@ impl Status {
 
 /// Stream error code: the TCP side of the stream was reset.
 pub const RESET_TCP: u32 = 0x10;
-/// Stream error code: an IO error on the TCP side.
-pub const RESET_IO: u32 = 0x11;
 
 /// Why bytes are not a header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,14 +18,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::header::{Status, RESET_TCP};
-use crate::actors::{PooledRecv, PooledSend};
+use crate::metrics::labels::TransferResult;
+use crate::{PooledRecv, PooledSend};
 
 /// Bytes buffered per direction per stream.
-pub const PIPE_BUFFER: usize = 32 * 1024;
+pub(crate) const PIPE_BUFFER: usize = 32 * 1024;
 
 /// How a pipe ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Both directions finished cleanly.
     Done { up: u64, down: u64 },
     /// The TCP side reset or failed; the QUIC stream was reset.
@@ -41,18 +42,18 @@ pub enum Outcome {
 
 impl Outcome {
     /// The `result` label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> TransferResult {
         match self {
-            Outcome::Done { .. } => "ok",
-            Outcome::TcpReset => "tcp_reset",
+            Outcome::Done { .. } => TransferResult::Ok,
+            Outcome::TcpReset => TransferResult::TcpReset,
             Outcome::QuicReset(Some(code))
                 if *code == u64::from(crate::transport::codes::stream::DRAINING) =>
             {
-                "draining"
+                TransferResult::Draining
             }
-            Outcome::QuicReset(_) => "stream_reset",
+            Outcome::QuicReset(_) => TransferResult::StreamReset,
             Outcome::Refused(s) => s.label(),
-            Outcome::BadStatus(_) => "bad_status",
+            Outcome::BadStatus(_) => TransferResult::BadStatus,
         }
     }
 }
@@ -136,7 +137,7 @@ async fn quic_to_tcp(
 
 /// Pipes `tcp` and the stream until both directions finish or one fails.
 /// With `expect_status` the first byte back must be [`Status::Ok`].
-pub async fn pipe(
+pub(crate) async fn pipe(
     tcp: TcpStream,
     mut send: PooledSend,
     mut recv: PooledRecv,
@@ -191,14 +192,14 @@ pub async fn pipe(
 }
 
 /// Closes a TCP connection with RST (linger 0, and no FIN from the write half).
-pub fn reset_tcp(r: OwnedReadHalf, w: OwnedWriteHalf) {
+pub(crate) fn reset_tcp(r: OwnedReadHalf, w: OwnedWriteHalf) {
     if let Ok(stream) = r.reunite(w) {
         abort(stream);
     }
 }
 
 /// Closes a whole TCP stream with RST.
-pub fn abort(stream: TcpStream) {
+pub(crate) fn abort(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

@@ -17,42 +17,55 @@ use tokio::net::TcpStream;
 
 use super::header::{self, HeaderError, Parsed, Status};
 use super::pipe;
-use crate::actors::{IncomingStream, PooledRecv, PooledSend, StreamHandler};
 use crate::config::ServiceConfig;
-use crate::metrics::SERVICE_STREAMS;
+use crate::metrics::labels::TransferResult;
+use crate::metrics::sidecar::ServiceMetrics;
+use crate::{IncomingStream, PooledRecv, PooledSend, StreamHandler};
 
 /// The label used for service names that are not configured (peers choose
 /// them; labels must stay bounded).
-pub const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
+pub(crate) const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
+
+struct Service {
+    upstream: SocketAddr,
+    metrics: ServiceMetrics,
+}
 
 /// The stream handler of a sidecar node.
-pub struct Services {
-    upstreams: HashMap<String, SocketAddr>,
+pub(crate) struct Services {
+    by_name: HashMap<String, Service>,
+    unknown: ServiceMetrics,
     header_timeout: Duration,
     connect_timeout: Duration,
 }
 
 impl Services {
-    pub fn new(
+    pub(crate) fn new(
         services: &[ServiceConfig],
         header_timeout: Duration,
         connect_timeout: Duration,
     ) -> Services {
-        for s in services {
-            let _ = crate::metrics::kept_counter(
-                SERVICE_STREAMS,
-                ("service", &s.name),
-                ("result", "ok"),
-            );
-        }
         Services {
-            upstreams: services
+            by_name: services
                 .iter()
-                .map(|s| (s.name.clone(), s.upstream))
+                .map(|s| {
+                    let service = Service {
+                        upstream: s.upstream,
+                        metrics: ServiceMetrics::new(&s.name),
+                    };
+                    (s.name.clone(), service)
+                })
                 .collect(),
+            unknown: ServiceMetrics::new(UNKNOWN_SERVICE_LABEL),
             header_timeout,
             connect_timeout,
         }
+    }
+
+    /// Keeps every service's series alive.
+    pub(crate) fn touch(&self) {
+        self.unknown.touch();
+        self.by_name.values().for_each(|s| s.metrics.touch());
     }
 
     async fn serve(self: Arc<Self>, stream: IncomingStream) {
@@ -62,46 +75,45 @@ impl Services {
             peer,
             ..
         } = stream;
-        let service = match tokio::time::timeout(self.header_timeout, read_header(&mut recv)).await
-        {
-            Err(_) => {
-                return refuse(send, recv, Status::HeaderTimeout, UNKNOWN_SERVICE_LABEL).await
-            }
+        let unknown = &self.unknown;
+        let name = match tokio::time::timeout(self.header_timeout, read_header(&mut recv)).await {
+            Err(_) => return refuse(send, recv, Status::HeaderTimeout, unknown).await,
             Ok(Err(ReadHeader::Bad(e))) => {
                 tracing::debug!(%peer, error = %e, "bad stream header");
-                return refuse(send, recv, e.status(), UNKNOWN_SERVICE_LABEL).await;
+                return refuse(send, recv, e.status(), unknown).await;
             }
             Ok(Err(ReadHeader::Stream)) => {
-                count(UNKNOWN_SERVICE_LABEL, "stream_reset");
+                unknown.count(TransferResult::StreamReset);
                 return;
             }
             Ok(Ok(name)) => name,
         };
-        let Some(upstream) = self.upstreams.get(&service).copied() else {
-            tracing::debug!(%peer, %service, "stream for an unknown service");
-            return refuse(send, recv, Status::UnknownService, UNKNOWN_SERVICE_LABEL).await;
+        let Some(service) = self.by_name.get(&name) else {
+            tracing::debug!(%peer, service = %name, "stream for an unknown service");
+            return refuse(send, recv, Status::UnknownService, unknown).await;
         };
+        let upstream = service.upstream;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
             .await
         {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
-                tracing::warn!(%service, %upstream, error = %e, "upstream refused a connection");
-                return refuse(send, recv, Status::UpstreamUnreachable, &service).await;
+                tracing::warn!(service = %name, %upstream, error = %e, "upstream refused a connection");
+                return refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
             }
             Err(_) => {
-                tracing::warn!(%service, %upstream, "upstream connect timed out");
-                return refuse(send, recv, Status::UpstreamUnreachable, &service).await;
+                tracing::warn!(service = %name, %upstream, "upstream connect timed out");
+                return refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
             }
         };
         let _ = tcp.set_nodelay(true);
         if send.write_all(&[Status::Ok as u8]).await.is_err() {
             pipe::abort(tcp);
-            count(&service, "stream_reset");
+            service.metrics.count(TransferResult::StreamReset);
             return;
         }
         let outcome = pipe::pipe(tcp, send, recv, false).await;
-        count(&service, outcome.label());
+        service.metrics.count(outcome.label());
     }
 }
 
@@ -111,15 +123,15 @@ impl StreamHandler for Arc<Services> {
     }
 }
 
-fn count(service: &str, result: &'static str) {
-    crate::metrics::kept_counter(SERVICE_STREAMS, ("service", service), ("result", result))
-        .increment(1);
-}
-
 /// Sends `status`, finishes our side so the byte is delivered, and stops the
 /// peer's side with the status as the error code.
-async fn refuse(mut send: PooledSend, mut recv: PooledRecv, status: Status, service: &str) {
-    count(service, status.label());
+async fn refuse(
+    mut send: PooledSend,
+    mut recv: PooledRecv,
+    status: Status,
+    metrics: &ServiceMetrics,
+) {
+    metrics.count(status.label());
     let _ = send.write_all(&[status as u8]).await;
     let _ = send.finish();
     let _ = recv.stop(status.code());

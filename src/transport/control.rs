@@ -22,20 +22,20 @@ use tokio::sync::mpsc;
 
 /// A control signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     Retire,
     Done,
 }
 
 impl Signal {
-    pub fn byte(self) -> u8 {
+    pub(crate) fn byte(self) -> u8 {
         match self {
             Signal::Retire => 0x01,
             Signal::Done => 0x02,
         }
     }
 
-    pub fn from_byte(b: u8) -> Option<Signal> {
+    pub(crate) fn from_byte(b: u8) -> Option<Signal> {
         match b {
             0x01 => Some(Signal::Retire),
             0x02 => Some(Signal::Done),
@@ -45,7 +45,7 @@ impl Signal {
 }
 
 /// Both halves of a connection's control stream, right after the hello.
-pub struct Control {
+pub(crate) struct Control {
     pub(crate) send: quinn::SendStream,
     pub(crate) recv: quinn::RecvStream,
 }
@@ -53,10 +53,10 @@ pub struct Control {
 /// Queues signals to the peer; they are written in order by the stream's
 /// task. Cheap to clone; sending after the connection closed does nothing.
 #[derive(Clone, Debug)]
-pub struct ControlTx(mpsc::UnboundedSender<Signal>);
+pub(crate) struct ControlTx(mpsc::UnboundedSender<Signal>);
 
 impl ControlTx {
-    pub fn send(&self, signal: Signal) {
+    pub(crate) fn send(&self, signal: Signal) {
         let _ = self.0.send(signal);
     }
 }
@@ -66,7 +66,7 @@ impl Control {
     /// `first` (the hello answer, on the accepting end), then every queued
     /// signal, and hands every signal the peer sends to `on_signal`. It ends
     /// when the connection does.
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         first: Option<Vec<u8>>,
         mut on_signal: impl FnMut(Signal) + Send + 'static,

@@ -30,30 +30,28 @@
 //! connection's control stream ([`super::control`]). It holds one of the
 //! acceptor's stream slots for the dialler for the connection's life.
 
-use std::time::Duration;
-
 use super::control::Control;
 
 use crate::identity::PeerId;
 
-pub const MAGIC: [u8; 4] = *b"PPHL";
-pub const VERSION: u8 = 2;
-pub const HELLO_LEN: usize = 53;
-pub const ANSWER_LEN: usize = 14;
+pub(crate) const MAGIC: [u8; 4] = *b"PPHL";
+pub(crate) const VERSION: u8 = 2;
+pub(crate) const HELLO_LEN: usize = 53;
+pub(crate) const ANSWER_LEN: usize = 14;
 const ADMITTED: u8 = 0;
 
 /// What the dialler says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hello {
-    pub version: u8,
-    pub seq: u64,
-    pub id: PeerId,
-    pub instance: u64,
+pub(crate) struct Hello {
+    pub(crate) version: u8,
+    pub(crate) seq: u64,
+    pub(crate) id: PeerId,
+    pub(crate) instance: u64,
 }
 
 /// Why a hello or its answer is unacceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HelloError {
+pub(crate) enum HelloError {
     #[error("not a peerpool hello (magic {0:02x?})")]
     BadMagic([u8; 4]),
     #[error("hello version {theirs}, this node speaks {VERSION}")]
@@ -63,7 +61,7 @@ pub enum HelloError {
 }
 
 impl Hello {
-    pub fn encode(&self) -> [u8; HELLO_LEN] {
+    pub(crate) fn encode(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
         b[..4].copy_from_slice(&MAGIC);
         b[4] = self.version;
@@ -75,7 +73,7 @@ impl Hello {
 
     /// Checks magic and version first, so that a node speaking another
     /// version is told so even if the rest of its hello differs.
-    pub fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, HelloError> {
+    pub(crate) fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, HelloError> {
         check_prefix(b)?;
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[13..45]);
@@ -106,7 +104,7 @@ fn check_prefix(b: &[u8]) -> Result<(), HelloError> {
     Ok(())
 }
 
-pub fn encode_answer(instance: u64) -> [u8; ANSWER_LEN] {
+pub(crate) fn encode_answer(instance: u64) -> [u8; ANSWER_LEN] {
     let mut b = [0u8; ANSWER_LEN];
     b[..4].copy_from_slice(&MAGIC);
     b[4] = VERSION;
@@ -116,7 +114,7 @@ pub fn encode_answer(instance: u64) -> [u8; ANSWER_LEN] {
 }
 
 /// The acceptor's instance, if it admitted the connection.
-pub fn decode_answer(b: &[u8; ANSWER_LEN]) -> Result<u64, HelloError> {
+pub(crate) fn decode_answer(b: &[u8; ANSWER_LEN]) -> Result<u64, HelloError> {
     check_prefix(b)?;
     match b[5] {
         ADMITTED => Ok(be_u64(&b[6..14])),
@@ -126,7 +124,7 @@ pub fn decode_answer(b: &[u8; ANSWER_LEN]) -> Result<u64, HelloError> {
 
 /// Why the hello exchange failed on the wire.
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     #[error("connection lost during hello: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("hello stream: {0}")]
@@ -137,14 +135,15 @@ pub enum ExchangeError {
     Closed,
     #[error(transparent)]
     Hello(#[from] HelloError),
-    #[error("no hello within {0:?}")]
-    Timeout(Duration),
 }
 
 /// Dialler side: sends `hello` and waits for the acceptor's answer; returns
 /// the acceptor's instance and the stream, which stays open as the control
 /// stream.
-pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<(u64, Control), ExchangeError> {
+pub(crate) async fn dial(
+    conn: &quinn::Connection,
+    hello: Hello,
+) -> Result<(u64, Control), ExchangeError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&hello.encode()).await?;
     let mut answer = [0u8; ANSWER_LEN];
@@ -155,13 +154,13 @@ pub async fn dial(conn: &quinn::Connection, hello: Hello) -> Result<(u64, Contro
 
 /// The acceptor's half of a hello exchange, before it answers: the answer
 /// ([`encode_answer`]) is the first thing the acceptor writes on `control`.
-pub struct Received {
-    pub hello: Hello,
-    pub control: Control,
+pub(crate) struct Received {
+    pub(crate) hello: Hello,
+    pub(crate) control: Control,
 }
 
 /// Acceptor side: reads the dialler's hello from the first stream.
-pub async fn accept(conn: &quinn::Connection) -> Result<Received, ExchangeError> {
+pub(crate) async fn accept(conn: &quinn::Connection) -> Result<Received, ExchangeError> {
     let (send, mut recv) = conn.accept_bi().await?;
     let mut buf = [0u8; HELLO_LEN];
     recv.read_exact(&mut buf).await.map_err(|e| match e {

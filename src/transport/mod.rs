@@ -7,8 +7,8 @@
 //! they die with that runtime.
 
 pub mod codes;
-pub mod control;
-pub mod hello;
+pub(crate) mod control;
+pub(crate) mod hello;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::config::NodeConfig;
 use crate::identity::{Identity, PeerId};
+use crate::metrics::labels::{CloseReason, DialResult};
 use codes::CloseCode;
 use hello::{ExchangeError, Hello};
 use tls::{InboundPolicy, TlsError};
@@ -40,9 +41,9 @@ pub enum BindError {
 /// QUIC transport settings shared by both directions.
 pub fn transport_config(node: &NodeConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(node.keep_alive_interval()));
+    t.keep_alive_interval(Some(node.keep_alive_interval));
     // Validation bounds idle_timeout to a week, well inside QUIC's range.
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(node.idle_timeout()).ok());
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(node.idle_timeout).ok());
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(node.max_concurrent_streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.datagram_receive_buffer_size(None);
@@ -145,7 +146,7 @@ pub fn client_config(
 
 /// Why one dial attempt failed.
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot start a connection: {0}")]
@@ -160,36 +161,36 @@ pub enum DialError {
 
 impl DialError {
     /// The `result` label of `peerpool_dial_attempts_total`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> DialResult {
         match self {
-            DialError::Timeout(_) => "timeout",
-            DialError::Connect(_) => "error",
-            DialError::Refused(_) => "refused",
+            DialError::Timeout(_) => DialResult::Timeout,
+            DialError::Connect(_) => DialResult::Error,
+            DialError::Refused(_) => DialResult::Refused,
             DialError::Handshake(e) | DialError::Hello(ExchangeError::Connection(e)) => match e {
-                quinn::ConnectionError::TimedOut => "timeout",
+                quinn::ConnectionError::TimedOut => DialResult::Timeout,
                 quinn::ConnectionError::TransportError(_)
-                | quinn::ConnectionError::ConnectionClosed(_) => "tls",
-                _ => "error",
+                | quinn::ConnectionError::ConnectionClosed(_) => DialResult::Tls,
+                _ => DialResult::Error,
             },
-            DialError::Hello(_) => "error",
+            DialError::Hello(_) => DialResult::Error,
         }
     }
 }
 
 /// A connection the peer admitted.
-pub struct Dialled {
-    pub conn: quinn::Connection,
+pub(crate) struct Dialled {
+    pub(crate) conn: quinn::Connection,
     /// Handshake plus hello.
-    pub took: Duration,
+    pub(crate) took: Duration,
     /// The peer's instance (see [`hello`]).
-    pub instance: u64,
+    pub(crate) instance: u64,
     /// The hello's stream, kept as the control stream.
-    pub control: control::Control,
+    pub(crate) control: control::Control,
 }
 
 /// Dials `addr` (expecting the identity in `cfg`), exchanges the hello, and
 /// returns the connection once the peer has admitted it.
-pub async fn dial(
+pub(crate) async fn dial(
     endpoint: &quinn::Endpoint,
     cfg: quinn::ClientConfig,
     addr: SocketAddr,
@@ -212,7 +213,7 @@ pub async fn dial(
                         return Err(DialError::Refused(code));
                     }
                 }
-                conn.close(quinn::VarInt::from_u32(0), b"hello failed");
+                codes::BAD_HELLO.close(&conn);
                 Err(DialError::Hello(e))
             }
         }
@@ -231,20 +232,20 @@ pub async fn dial(
 
 /// Why a connection ended, as a metric reason, and whether the pool should
 /// treat it as a failure (back off before redialling).
-pub fn close_reason(e: &quinn::ConnectionError) -> (&'static str, bool) {
+pub(crate) fn close_reason(e: &quinn::ConnectionError) -> (CloseReason, bool) {
     use quinn::ConnectionError as E;
     match e {
-        E::LocallyClosed => ("local", false),
-        E::TimedOut => ("timeout", true),
-        E::Reset => ("reset", true),
+        E::LocallyClosed => (CloseReason::Local, false),
+        E::TimedOut => (CloseReason::Timeout, true),
+        E::Reset => (CloseReason::Reset, true),
         E::ApplicationClosed(close) => match CloseCode::from_code(close.error_code.into_inner()) {
-            Some(codes::EXCESS) => ("excess", false),
-            Some(codes::GOING_AWAY) => ("going_away", true),
+            Some(codes::EXCESS) => (CloseReason::Excess, false),
+            Some(codes::GOING_AWAY) => (CloseReason::GoingAway, true),
             Some(codes::OVER_LIMIT) | Some(codes::UNKNOWN_PEER) | Some(codes::DRAINING) => {
-                ("refused", true)
+                (CloseReason::Refused, true)
             }
-            _ => ("peer_closed", true),
+            _ => (CloseReason::PeerClosed, true),
         },
-        _ => ("error", true),
+        _ => (CloseReason::Error, true),
     }
 }

@@ -16,7 +16,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::identity::{verify_certificate, CertError, Identity, PeerId};
-use crate::metrics;
+use crate::metrics::{self, labels::HandshakeReason};
 
 /// The server name every dial uses; certificates are checked by id, not name.
 pub const SERVER_NAME: &str = "peerpool";
@@ -33,8 +33,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Decides which peer ids may connect in.
 pub trait InboundPolicy: Send + Sync + std::fmt::Debug + 'static {
-    /// `Ok` if `id` may connect; `Err` with a metric reason if not.
-    fn check(&self, id: &PeerId) -> Result<(), &'static str>;
+    /// `Ok` if `id` may connect; `Err` with the reason it is counted under.
+    fn check(&self, id: &PeerId) -> Result<(), HandshakeReason>;
 }
 
 /// Why building a TLS config failed.
@@ -46,12 +46,15 @@ pub enum TlsError {
     Quic(String),
 }
 
-fn cert_error(e: &CertError) -> (CertificateError, &'static str) {
+fn cert_error(e: &CertError) -> (CertificateError, HandshakeReason) {
     match e {
-        CertError::Malformed(_) => (CertificateError::BadEncoding, "bad_cert"),
-        CertError::Expired { .. } => (CertificateError::Expired, "expired"),
-        CertError::NotYetValid { .. } => (CertificateError::NotValidYet, "expired"),
-        CertError::BadSignature => (CertificateError::BadSignature, "bad_signature"),
+        CertError::Malformed(_) => (CertificateError::BadEncoding, HandshakeReason::BadCert),
+        CertError::Expired { .. } => (CertificateError::Expired, HandshakeReason::Expired),
+        CertError::NotYetValid { .. } => (CertificateError::NotValidYet, HandshakeReason::Expired),
+        CertError::BadSignature => (
+            CertificateError::BadSignature,
+            HandshakeReason::BadSignature,
+        ),
     }
 }
 
@@ -78,7 +81,7 @@ fn check_signature(
     rustls::crypto::verify_tls13_signature(message, cert, dss, algs).inspect_err(|_| {
         // The certificate was fine but the handshake was not signed by its
         // key: someone presents a certificate whose key they do not hold.
-        metrics::handshake_failure("bad_signature");
+        metrics::handshake_failure(HandshakeReason::BadSignature);
     })
 }
 
@@ -100,7 +103,7 @@ impl ServerCertVerifier for DialVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = check_presented(end_entity, now)?;
         if id != self.expected {
-            metrics::handshake_failure("wrong_id");
+            metrics::handshake_failure(HandshakeReason::WrongId);
             tracing::warn!(expected = %self.expected, presented = %id, "dialled peer presented another identity");
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
@@ -164,7 +167,7 @@ impl ClientCertVerifier for AcceptVerifier {
         let id = check_presented(end_entity, now)?;
         if let Err(reason) = self.policy.check(&id) {
             metrics::handshake_failure(reason);
-            tracing::info!(peer = %id, reason, "refused an inbound connection");
+            tracing::info!(peer = %id, %reason, "refused an inbound connection");
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));
@@ -241,7 +244,7 @@ pub fn client_config(
 }
 
 /// The peer id of an established connection, from its certificate.
-pub fn remote_id(conn: &quinn::Connection) -> Option<PeerId> {
+pub(crate) fn remote_id(conn: &quinn::Connection) -> Option<PeerId> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
@@ -252,24 +255,24 @@ pub fn remote_id(conn: &quinn::Connection) -> Option<PeerId> {
 
 /// Labels a handshake that failed on this side for a reason the verifiers
 /// did not already count (they count certificate problems themselves).
-pub fn uncounted_handshake_failure(e: &quinn::ConnectionError) -> Option<&'static str> {
+pub(crate) fn uncounted_handshake_failure(e: &quinn::ConnectionError) -> Option<HandshakeReason> {
     use quinn::ConnectionError as E;
     match e {
         E::TransportError(te) => {
             let code = u64::from(te.code);
             if !(0x100..0x200).contains(&code) {
-                return Some("tls");
+                return Some(HandshakeReason::Tls);
             }
             // TLS alerts (RFC 8446 §6): the ones our verifiers raise were
             // counted where they were raised.
             match code - 0x100 {
                 42 | 45 | 49 | 51 => None,
-                116 => Some("no_client_cert"),
-                120 => Some("alpn"),
-                _ => Some("tls"),
+                116 => Some(HandshakeReason::NoClientCert),
+                120 => Some(HandshakeReason::Alpn),
+                _ => Some(HandshakeReason::Tls),
             }
         }
-        E::TimedOut => Some("timeout"),
+        E::TimedOut => Some(HandshakeReason::Timeout),
         _ => None,
     }
 }

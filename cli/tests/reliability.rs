@@ -1,0 +1,558 @@
+//! Faults injected into real `peerpool run` processes: path loss, a
+//! blackhole, a crash, flapping, overload, a slow consumer. Each scenario is
+//! bounded in time and uses loopback only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peerpool_testkit::prelude::*;
+use peerpool_testkit::relay::{Mode, Relay};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Two nodes with traffic from a's forward to b's echo; with a relay
+/// between them when `relayed`.
+struct World {
+    s: Setup,
+    a: NodeProc,
+    b: NodeProc,
+    relay: Option<Relay>,
+}
+
+async fn world(
+    relayed: bool,
+    tune: impl FnOnce(&mut peerpool::config::Config, &mut peerpool::config::Config),
+) -> World {
+    let upstream = echo_upstream().await;
+    let mut relay = None;
+    let s = setup_with(upstream, |a, b| {
+        // A silent peer is noticed within idle_timeout + keep_alive_interval:
+        // the idle timer restarts at the first keep-alive sent after the last
+        // packet received (RFC 9000, 10.1).
+        a.node.keep_alive_interval = Duration::from_secs_f64(0.5);
+        a.node.idle_timeout = Duration::from_secs_f64(3.0);
+        b.node.keep_alive_interval = Duration::from_secs_f64(0.5);
+        b.node.idle_timeout = Duration::from_secs_f64(3.0);
+        a.pool.stream_open_timeout = Duration::from_secs_f64(2.0);
+        a.pool.connection_timeout = Duration::from_secs_f64(1.0);
+        a.retry.max_retries = 2;
+        a.retry.max_delay = Duration::from_secs_f64(2.0);
+        if relayed {
+            let r = Relay::start(b.node.listen);
+            a.peers[0].addr = Some(r.addr);
+            relay = Some(r);
+        }
+        tune(a, b);
+    });
+    let b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
+    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+    let admin = s.a_admin;
+    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
+        .await
+        .unwrap();
+    World { s, a, b, relay }
+}
+
+/// Usable connections of the node at `admin` to its peer `name`.
+fn usable_to(admin: SocketAddr, name: &str) -> Option<usize> {
+    Admin::new(admin).peer(name).map(|p| p.usable())
+}
+
+/// How one request through the forward ended.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ok,
+    /// The connection ended cleanly but the echo was short: the one thing
+    /// that must never happen (a truncated answer passing for a whole one).
+    Truncated(usize, usize),
+    Error(String),
+}
+
+async fn request(forward: SocketAddr, data: &[u8], limit: Duration) -> Outcome {
+    match tokio::time::timeout(limit, exchange(forward, data)).await {
+        Err(_) => Outcome::Error(format!("hung for {limit:?}")),
+        Ok(Err(e)) => Outcome::Error(e),
+        Ok(Ok(back)) if back == data => Outcome::Ok,
+        Ok(Ok(back)) => Outcome::Truncated(back.len(), data.len()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_loss_every_request_completes_with_the_right_bytes() {
+    let w = world(true, |_, _| {}).await;
+    let relay = w.relay.as_ref().unwrap();
+    relay.set(Mode::Lossy {
+        drop: 0.05,
+        ms: 20,
+        jitter_ms: 10,
+    });
+    let forward = w.s.forward;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..50u64 {
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+            let mut bad = Vec::new();
+            for _ in 0..20 {
+                // Small requests: with 5 % loss, loss-based congestion
+                // control holds each connection near its minimum window.
+                let mut data = vec![0u8; rng.random_range(1..4096)];
+                rng.fill(&mut data[..]);
+                let out = request(forward, &data, Duration::from_secs(30)).await;
+                if out != Outcome::Ok {
+                    bad.push(out);
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await.unwrap());
+    }
+    let (forwarded, dropped) = relay.counts();
+    println!(
+        "1000 requests over 5 % loss and 20±10 ms delay in {:?}; relay forwarded {forwarded}, dropped {dropped}",
+        started.elapsed()
+    );
+    assert!(
+        dropped > 0,
+        "the relay dropped nothing: the test tested nothing"
+    );
+    assert!(
+        bad.is_empty(),
+        "{} of 1000 failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_is_noticed_fails_fast_and_heals() {
+    let w = world(true, |_, _| {}).await;
+    let relay = w.relay.as_ref().unwrap();
+    let (admin, forward) = (w.s.a_admin, w.s.forward);
+    assert_eq!(
+        request(forward, b"before", Duration::from_secs(5)).await,
+        Outcome::Ok
+    );
+
+    relay.set(Mode::Blackhole);
+    let noticed = tokio::task::spawn_blocking(move || {
+        wait_blocking("a notices the blackhole", Duration::from_secs(10), || {
+            usable_to(admin, "b") == Some(0)
+        })
+    })
+    .await
+    .unwrap();
+    println!("blackhole noticed after {noticed:?}");
+    assert!(
+        noticed <= Duration::from_secs(4),
+        "idle_timeout 3 s + 1 s, took {noticed:?}"
+    );
+
+    // During the outage a request fails, and fast: no hang beyond the
+    // stream-open timeout (2 s) plus a margin.
+    let started = Instant::now();
+    let out = request(forward, b"during the outage", Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(matches!(out, Outcome::Error(_)), "{out:?}");
+    assert!(took <= Duration::from_secs(3), "failing took {took:?}");
+
+    // Keep it dark past the idle timeout, then let packets through.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.set(Mode::Pass);
+    let back = tokio::task::spawn_blocking(move || {
+        wait_blocking("a back at N", Duration::from_secs(15), || {
+            usable_to(admin, "b") == Some(3)
+        })
+    })
+    .await
+    .unwrap();
+    // Probes every max_delay (2 s ±10 %), each waiting up to
+    // connection_timeout (1 s), plus handshakes.
+    println!("back at N {back:?} after the relay passed again");
+    assert!(
+        back <= Duration::from_millis(2200 + 1000 + 800),
+        "took {back:?}"
+    );
+    assert_eq!(
+        request(forward, b"after", Duration::from_secs(5)).await,
+        Outcome::Ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_fails_in_flight_requests_loudly_and_the_pool_recovers() {
+    let mut w = world(false, |_, _| {}).await;
+    let (admin, forward) = (w.s.a_admin, w.s.forward);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+            let mut truncated = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut data = vec![0u8; rng.random_range(1..256 * 1024)];
+                rng.fill(&mut data[..]);
+                match request(forward, &data, Duration::from_secs(15)).await {
+                    Outcome::Ok => ok.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Error(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    t @ Outcome::Truncated(..) => {
+                        truncated.push(t);
+                        0
+                    }
+                };
+            }
+            truncated
+        }));
+    }
+    // Traffic flows, then b dies mid-request and comes back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before_crash = ok.load(Ordering::Relaxed);
+    assert!(before_crash > 0, "no traffic before the crash");
+    w.b.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.b = NodeProc::start(bin!(), &w.s.b_config, w.s.b_log.with_extension("2.log"));
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("a back at N", Duration::from_secs(15), || {
+            usable_to(admin, "b") == Some(3)
+        })
+    })
+    .await
+    .unwrap();
+    let after_heal = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut truncated = Vec::new();
+    for t in tasks {
+        truncated.extend(t.await.unwrap());
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("requests ok {ok}, failed {failed} (in flight at the crash or during it)");
+    assert!(
+        truncated.is_empty(),
+        "silently truncated answers: {truncated:?}"
+    );
+    assert!(
+        failed > 0,
+        "the crash failed nothing: it did not hit traffic"
+    );
+    assert!(
+        ok > after_heal,
+        "no request succeeded after the pool healed"
+    );
+    // Every stream is accounted for once traffic stops.
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("active streams back to 0", Duration::from_secs(10), || {
+            metric(
+                &Admin::new(admin).metrics(),
+                "peerpool_active_streams",
+                &[("peer", "b")],
+            ) == Some(0.0)
+        })
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_peer_growth_is_bounded_and_backoff_resets() {
+    let restarts = 20;
+    let period = Duration::from_secs(3);
+    let mut w = world(false, |a, _| {
+        a.retry.reset_after = Duration::from_secs_f64(5.0);
+        a.retry.max_retries = 3;
+    })
+    .await;
+    let admin = w.s.a_admin;
+    let mut first = None;
+    let mut max_conns = 0;
+    let mut max_backoff_flapping = 0.0f64;
+    for i in 0..restarts {
+        let cycle = Instant::now();
+        w.b.kill();
+        w.b = NodeProc::start(
+            bin!(),
+            &w.s.b_config,
+            w.s.b_log.with_extension(format!("{i}.log")),
+        );
+        while cycle.elapsed() < period {
+            if let Some(peer) = Admin::new(admin).peer("b") {
+                max_conns = max_conns.max(peer.connections.len());
+                max_backoff_flapping = max_backoff_flapping.max(peer.backoff_seconds);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if i == 1 {
+            first = Some(w.a.stats());
+        }
+    }
+    let (s0, s1) = (first.unwrap(), w.a.stats());
+    let (rss0, threads0, fds0) = (s0.rss_kb, s0.threads, s0.fds);
+    let (rss1, threads1, fds1) = (s1.rss_kb, s1.threads, s1.fds);
+    println!("a after 2 restarts: rss {rss0} KiB, {threads0} threads, {fds0} fds; after {restarts}: {rss1} KiB, {threads1} threads, {fds1} fds; at most {max_conns} connections");
+    assert!(rss1 < rss0 + rss0 / 4, "rss grew from {rss0} to {rss1} KiB");
+    assert!(
+        threads1 <= threads0 + 1,
+        "threads grew from {threads0} to {threads1}"
+    );
+    assert!(fds1 <= fds0 + 4, "fds grew from {fds0} to {fds1}");
+    assert!(
+        max_conns <= 6,
+        "held {max_conns} connections to one peer (N = 3)"
+    );
+    // While it flaps, connections die young and the backoff grows...
+    println!("largest backoff while flapping: {max_backoff_flapping}s");
+    assert!(
+        max_backoff_flapping >= 0.35,
+        "backoff did not grow: {max_backoff_flapping}s"
+    );
+
+    // Dial attempts within the rules: every restart breaks 3 slots, each
+    // redial is one dial of at most max_retries + 1 attempts.
+    let attempts = Admin::new(admin).peer("b").map_or(0, |p| p.dial_attempts);
+    let bound = (restarts as u64 + 1) * 3 * 4;
+    println!("dial attempts: {attempts} (bound {bound})");
+    assert!(attempts <= bound, "{attempts} dial attempts > {bound}");
+
+    // ...and after a healthy period it starts over: the next crash is
+    // redialled after about initial_delay, not the grown delay.
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("a back at N", Duration::from_secs(15), || {
+            usable_to(admin, "b") == Some(3)
+        })
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    w.b.kill();
+    w.b = NodeProc::start(bin!(), &w.s.b_config, w.s.b_log.with_extension("last.log"));
+    // The first backoff waited out after the crash is the first step of the
+    // schedule (later ones may follow if b is still starting; those are
+    // the schedule too).
+    let first_backoff = tokio::task::spawn_blocking(move || {
+        let mut first: Option<f64> = None;
+        let mut saw_loss = false;
+        wait_blocking(
+            "a heals after the last crash",
+            Duration::from_secs(15),
+            || {
+                let Some(p) = Admin::new(admin).peer("b") else {
+                    return false;
+                };
+                if first.is_none() && p.backoff_seconds > 0.0 {
+                    first = Some(p.backoff_seconds);
+                }
+                saw_loss |= p.usable() < 3;
+                saw_loss && p.usable() == 3
+            },
+        );
+        first
+    })
+    .await
+    .unwrap();
+    println!("first backoff after the healthy period: {first_backoff:?}s");
+    // None: the wait was shorter than the polling gap, which a grown
+    // backoff (2 s here) could not be.
+    assert!(
+        first_backoff.is_none_or(|b| b <= 0.11 + 1e-9),
+        "backoff did not reset: {first_backoff:?}s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_waits_then_fails_and_healthz_stays_responsive() {
+    let w = world(false, |a, b| {
+        // 3 connections x 100 streams: far below 2,000 concurrent clients.
+        b.node.max_concurrent_streams = 100;
+        a.pool.stream_open_timeout = Duration::from_secs_f64(2.0);
+    })
+    .await;
+    let (admin, forward) = (w.s.a_admin, w.s.forward);
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let config = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build();
+            let agent = ureq::Agent::new_with_config(config);
+            let mut worst = Duration::ZERO;
+            let mut answered = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = agent
+                    .get(&format!("http://{admin}/healthz"))
+                    .call()
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false);
+                assert!(ok, "/healthz failed under overload");
+                worst = worst.max(t.elapsed());
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (worst, answered)
+        })
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..2000 {
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let attempt = async {
+                let mut c = tokio::net::TcpStream::connect(forward).await.ok()?;
+                c.write_all(b"hold this stream").await.ok()?;
+                let mut back = [0u8; 16];
+                c.read_exact(&mut back).await.ok()?;
+                // Hold the stream so the peer's stream slots stay full.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Some(())
+            };
+            let got = tokio::time::timeout(Duration::from_secs(20), attempt).await;
+            (got.ok().flatten().is_some(), t.elapsed())
+        }));
+    }
+    let (mut served, mut refused, mut slowest_refusal) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        let (ok, took) = t.await.unwrap();
+        if ok {
+            served += 1;
+        } else {
+            refused += 1;
+            slowest_refusal = slowest_refusal.max(took);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (worst, answered) = probe.join().unwrap();
+    println!(
+        "2000 clients in {:?}: {served} served, {refused} refused (slowest refusal {slowest_refusal:?}); /healthz answered {answered} times, worst {worst:?}",
+        started.elapsed()
+    );
+    assert!(served >= 300, "only {served} streams were served");
+    assert!(refused > 0, "nothing waited: the limit was not reached");
+    // Refused after waiting up to stream_open_timeout (2 s), plus connect
+    // and scheduling slack for 2,000 clients on 2 cores.
+    assert!(
+        slowest_refusal <= Duration::from_secs(6),
+        "{slowest_refusal:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(100),
+        "/healthz took {worst:?}"
+    );
+    // Nothing is stuck: the node serves normally afterwards.
+    assert_eq!(
+        request(forward, b"after the storm", Duration::from_secs(5)).await,
+        Outcome::Ok
+    );
+}
+
+/// An upstream that reads 1 KB per second and never answers.
+async fn slow_upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_held_back_and_disturbs_no_one() {
+    let slow = slow_upstream().await;
+    let slow_forward = free_tcp();
+    let w = world(false, |a, b| {
+        // One connection, so the slow stream and the echo share it.
+        a.pool.max_connections_per_peer = 1;
+        b.pool.max_connections_per_peer = 1;
+        a.forward.push(peerpool::config::ForwardConfig {
+            listen: slow_forward,
+            peer: "b".into(),
+            service: "slow".into(),
+        });
+        b.service.push(peerpool::config::ServiceConfig {
+            name: "slow".into(),
+            upstream: slow,
+        });
+    })
+    .await;
+    let forward = w.s.forward;
+    let rss_a0 = w.a.stats().rss_kb;
+    let rss_b0 = w.b.stats().rss_kb;
+    // Push as fast as the path accepts, for 6 s.
+    let pushed = Arc::new(AtomicU64::new(0));
+    let pusher = {
+        let pushed = pushed.clone();
+        tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(slow_forward).await.unwrap();
+            let chunk = vec![7u8; 64 * 1024];
+            let deadline = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(200), c.write_all(&chunk)).await {
+                    Ok(Ok(())) => {
+                        pushed.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {} // blocked: flow control pushes back
+                }
+            }
+            c
+        })
+    };
+    // Meanwhile echo requests on the same connection are unaffected.
+    let mut worst = Duration::ZERO;
+    for i in 0..40u32 {
+        let data = format!("echo {i} while a slow consumer stalls its stream");
+        let t = Instant::now();
+        assert_eq!(
+            request(forward, data.as_bytes(), Duration::from_secs(5)).await,
+            Outcome::Ok
+        );
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let conn = pusher.await.unwrap();
+    let rss_a1 = w.a.stats().rss_kb;
+    let rss_b1 = w.b.stats().rss_kb;
+    let pushed = pushed.load(Ordering::Relaxed);
+    println!(
+        "pushed {} KiB into a 1 KB/s consumer; rss a {rss_a0} -> {rss_a1} KiB, b {rss_b0} -> {rss_b1} KiB; slowest echo {worst:?}",
+        pushed / 1024
+    );
+    // Bounded by socket buffers, the pipe buffers and QUIC's stream window,
+    // not by how much the client wants to send.
+    assert!(pushed < 32 * 1024 * 1024, "{pushed} bytes accepted");
+    assert!(
+        rss_a1 < rss_a0 + 16 * 1024,
+        "a grew {rss_a0} -> {rss_a1} KiB"
+    );
+    assert!(
+        rss_b1 < rss_b0 + 16 * 1024,
+        "b grew {rss_b0} -> {rss_b1} KiB"
+    );
+    assert!(worst < Duration::from_millis(500), "echo took {worst:?}");
+    drop(conn);
+    let _ = http(
+        "GET",
+        &format!("http://{}/healthz", w.s.a_admin),
+        None,
+        None,
+    );
+}

@@ -1,0 +1,23 @@
+//! `CoreView` (feature `test-util`): what a peer actor's `PeerCore` holds,
+//! read through the actor, so tests can check that everything published
+//! (the routing table, `/peers`, the metrics) agrees with it.
+
+use std::time::Duration;
+
+use crate::pool::{ConnKey, Direction, PeerState};
+
+/// One peer's core as its actor sees it at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreView {
+    pub state: PeerState,
+    /// Connections taking new streams, by number, ascending.
+    pub usable: Vec<ConnKey>,
+    /// Connections being retired, by number, ascending.
+    pub retiring: Vec<ConnKey>,
+    /// Connections held, outbound and inbound.
+    pub by_direction: [(Direction, usize); 2],
+    pub dial_attempts: u64,
+    /// Until the next dial or probe, when one is scheduled.
+    pub next_retry_in: Option<Duration>,
+    pub backoff: Duration,
+}

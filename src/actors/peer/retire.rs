@@ -1,0 +1,79 @@
+//! Taking connections out of service: the excess beyond N, retired through
+//! the RETIRE/DONE handover on the control stream so no stream is lost, and
+//! the connections to a peer process that has restarted, closed at once.
+
+use actix::prelude::*;
+
+use super::PeerActor;
+use crate::actors::messages::PeerRetires;
+use crate::pool::ConnKey;
+use crate::transport::codes::{self, CloseCode};
+use crate::transport::control::Signal;
+
+impl PeerActor {
+    /// A connection from another instance of the peer means the peer
+    /// restarted: every connection to an earlier instance is dead (its
+    /// process is gone), so drop them now rather than after an idle timeout.
+    pub(super) fn drop_stale(&mut self, instance: u64) {
+        let stale = self.core.stale(instance);
+        if stale.is_empty() {
+            return;
+        }
+        tracing::info!(peer = %self.name(), stale = stale.len(), "peer restarted; dropping connections to its previous instance");
+        for key in stale {
+            if let Some(live) = self.core.retire(key) {
+                codes::STALE.close(&live.meta.conn);
+            }
+        }
+    }
+
+    /// Retires the worst-ranked connections beyond N (see `pool::limit`).
+    pub(super) fn resolve_excess(&mut self, ctx: &mut Context<Self>) {
+        for key in self.core.excess() {
+            self.retire(key, codes::EXCESS, ctx);
+        }
+    }
+
+    /// Retires a connection both ends agree is excess: stops routing new
+    /// streams to it and closes it once no stream of either end can be on it
+    /// (the control stream's RETIRE/DONE exchange, see
+    /// [`transport::control`]), or after the drain timeout.
+    pub(super) fn retire(&mut self, key: ConnKey, code: CloseCode, ctx: &mut Context<Self>) {
+        let Some(live) = self.core.retire(key) else {
+            return;
+        };
+        let (meta, control) = (live.meta.clone(), live.control.clone());
+        tracing::debug!(peer = %self.name(), conn = key, reason = code.reason, "retiring connection");
+        // Published before the handover starts: an open that picked this
+        // connection before counts on it by now, one that did not never will.
+        self.publish();
+        let timeout = self.node.config.admin.drain_timeout;
+        let peer = self.shared.name_arc.clone();
+        ctx.spawn(
+            async move {
+                let handover = async {
+                    control.send(Signal::Retire);
+                    meta.wait_out_idle().await;
+                    control.send(Signal::Done);
+                    tracing::debug!(%peer, conn = key, "retiring: DONE sent");
+                    meta.wait_peer_done().await;
+                    meta.wait_idle().await;
+                };
+                if tokio::time::timeout(timeout, handover).await.is_err() {
+                    tracing::debug!(%peer, conn = key, "retiring: handover timed out");
+                }
+                code.close(&meta.conn);
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<PeerRetires> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerRetires, ctx: &mut Self::Context) {
+        self.retire(msg.key, codes::EXCESS, ctx);
+        self.drive(ctx);
+    }
+}

@@ -1,0 +1,87 @@
+//! The public status types: one connection and one peer as the admin API
+//! (`GET /peers`) and `Pool::peers` show them. They deserialize too, so
+//! every reader of `/peers` (tests, benches, the demo) uses these types
+//! instead of picking JSON apart by string keys.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PeerId;
+use crate::pool::{Direction, PeerState};
+
+/// One connection as the admin API and `Pool::get_connections` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// A number stable for the connection's life, unique within the node.
+    pub number: u64,
+    pub direction: Direction,
+    /// The dialler's sequence number for it: `(direction, dial_seq)` names
+    /// the same connection on both ends.
+    pub dial_seq: u64,
+    pub remote_addr: SocketAddr,
+    /// RFC 3339.
+    pub opened_at: String,
+    pub age_seconds: f64,
+    /// Streams this node opened on it that are still open.
+    pub active_streams: usize,
+    /// Streams the peer opened on it that are still open.
+    pub inbound_streams: usize,
+    /// QUIC's smoothed RTT.
+    pub rtt_seconds: f64,
+    /// The peak-EWMA of RTT the `latency` strategy uses (refreshed each second).
+    pub rtt_ewma_seconds: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub lost_packets: u64,
+    /// False while the connection is being retired (no new streams).
+    pub usable: bool,
+}
+
+/// One peer as the admin API and `Pool::peers` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub id: PeerId,
+    pub addr: Option<SocketAddr>,
+    pub state: PeerState,
+    /// N: the connections the pool aims to hold.
+    pub target: usize,
+    pub connections: Vec<ConnectionInfo>,
+    /// Dial attempts since the peer was added.
+    pub dial_attempts: u64,
+    /// Seconds until the next dial or probe, when one is scheduled.
+    pub next_retry_in: Option<f64>,
+    /// The backoff now being waited out (0 when none).
+    pub backoff_seconds: f64,
+    pub streams_opened: u64,
+    pub stream_open_failures: u64,
+}
+
+impl PeerStatus {
+    /// Connections that take new streams.
+    pub fn usable(&self) -> usize {
+        self.connections.iter().filter(|c| c.usable).count()
+    }
+
+    /// The lowest smoothed RTT over the peer's connections, in seconds.
+    pub fn min_rtt(&self) -> Option<f64> {
+        self.connections
+            .iter()
+            .map(|c| c.rtt_seconds)
+            .reduce(f64::min)
+    }
+
+    /// Streams this node has open to the peer now.
+    pub fn active_streams(&self) -> usize {
+        self.connections.iter().map(|c| c.active_streams).sum()
+    }
+}
+
+/// RFC 3339 text of a wall-clock time (empty if the time cannot be shown).
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

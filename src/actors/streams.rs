@@ -1,0 +1,202 @@
+//! The streams the pool hands out and receives: [`PooledStream`] (opened
+//! by this node), [`IncomingStream`] (opened by a peer) and the guard that
+//! keeps a connection's stream count right for as long as either half of a
+//! stream lives.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::conn::ConnMeta;
+use crate::identity::PeerId;
+
+/// Counts a stream on its connection while alive (the active-streams gauge
+/// and the retire and drain waits are set from these counts).
+pub(crate) struct StreamGuard {
+    meta: Arc<ConnMeta>,
+    inbound: bool,
+}
+
+impl StreamGuard {
+    pub(crate) fn new(meta: Arc<ConnMeta>, inbound: bool) -> StreamGuard {
+        let guard = StreamGuard { meta, inbound };
+        guard.counter().fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    pub(crate) fn meta(&self) -> &Arc<ConnMeta> {
+        &self.meta
+    }
+
+    fn counter(&self) -> &std::sync::atomic::AtomicUsize {
+        if self.inbound {
+            &self.meta.in_streams
+        } else {
+            &self.meta.out_streams
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.counter().fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.meta.count_reached_zero();
+        }
+    }
+}
+
+/// A bidi stream from the pool. Dropping both halves releases its slot in
+/// the connection's active-stream count.
+pub struct PooledStream {
+    pub send: PooledSend,
+    pub recv: PooledRecv,
+    /// The number of the connection it runs on (see
+    /// [`crate::ConnectionInfo::number`]).
+    pub connection: u64,
+    pub remote: SocketAddr,
+}
+
+impl PooledStream {
+    pub(crate) fn new(
+        guard: StreamGuard,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
+    ) -> PooledStream {
+        let (connection, remote) = (guard.meta.key, guard.meta.conn.remote_address());
+        let guard = Arc::new(guard);
+        PooledStream {
+            send: PooledSend {
+                inner: send,
+                _guard: guard.clone(),
+            },
+            recv: PooledRecv {
+                inner: recv,
+                _guard: guard,
+            },
+            connection,
+            remote,
+        }
+    }
+
+    pub fn into_split(self) -> (PooledSend, PooledRecv) {
+        (self.send, self.recv)
+    }
+}
+
+/// A stream a peer opened to this node.
+pub struct IncomingStream {
+    /// The configured name of the peer (or `u-<id prefix>` for an unknown
+    /// peer admitted by `accept_unknown_peers`).
+    pub peer: Arc<str>,
+    pub peer_id: PeerId,
+    pub send: PooledSend,
+    pub recv: PooledRecv,
+}
+
+impl IncomingStream {
+    pub(crate) fn new(
+        peer: Arc<str>,
+        peer_id: PeerId,
+        meta: Arc<ConnMeta>,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
+    ) -> IncomingStream {
+        let guard = Arc::new(StreamGuard::new(meta, true));
+        IncomingStream {
+            peer,
+            peer_id,
+            send: PooledSend {
+                inner: send,
+                _guard: guard.clone(),
+            },
+            recv: PooledRecv {
+                inner: recv,
+                _guard: guard,
+            },
+        }
+    }
+}
+
+/// What the node does with streams peers open to it.
+pub trait StreamHandler: Send + Sync + 'static {
+    fn handle(&self, stream: IncomingStream) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl<F, Fut> StreamHandler for F
+where
+    F: Fn(IncomingStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn handle(&self, stream: IncomingStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self(stream))
+    }
+}
+
+/// The sending half of a pooled stream; derefs to [`quinn::SendStream`].
+pub struct PooledSend {
+    inner: quinn::SendStream,
+    _guard: Arc<StreamGuard>,
+}
+
+/// The receiving half of a pooled stream; derefs to [`quinn::RecvStream`].
+pub struct PooledRecv {
+    inner: quinn::RecvStream,
+    _guard: Arc<StreamGuard>,
+}
+
+impl std::ops::Deref for PooledSend {
+    type Target = quinn::SendStream;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for PooledSend {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+impl std::ops::Deref for PooledRecv {
+    type Target = quinn::RecvStream;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for PooledRecv {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+impl AsyncWrite for PooledSend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.inner), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.inner), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.inner), cx)
+    }
+}
+
+impl AsyncRead for PooledRecv {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf)
+    }
+}

@@ -1,0 +1,271 @@
+//! The rules serde cannot express: ranges, orderings and cross-references.
+//! Pure: nothing here reads a file. Each rule has one message, used by
+//! `peerpool check`, by the pool when a peer is added at run time, and by
+//! the admin API.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::load::Problem;
+use super::schema::{Config, PeerConfig, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES};
+use crate::identity::PeerId;
+
+/// One thing wrong with one peer entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProblem {
+    /// The key inside the entry: `name`, `id` or `addr`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for PeerProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Checks one peer entry on its own (uniqueness among peers is the caller's
+/// to check). `own_id` is this node's id, when known.
+pub fn check_peer(peer: &PeerConfig, own_id: Option<PeerId>) -> Vec<PeerProblem> {
+    let mut p = Vec::new();
+    if let Err(message) = check_peer_name(&peer.name) {
+        p.push(PeerProblem {
+            field: "name",
+            message,
+        });
+    }
+    if own_id == Some(peer.id) {
+        p.push(PeerProblem {
+            field: "id",
+            message: format!("{} is this node's own id; list other nodes here", peer.id),
+        });
+    }
+    if peer.addr.is_some_and(|a| a.port() == 0) {
+        p.push(PeerProblem {
+            field: "addr",
+            message: "port 0 cannot be dialled; give the peer's node.listen port".into(),
+        });
+    }
+    p
+}
+
+/// A peer name: unique per node, used as a metric label.
+fn check_peer_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=32).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok_len && ok_chars {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 to 32 characters of a-z, 0-9, '_' and '-', got {:?}",
+            name.chars().take(40).collect::<String>()
+        ))
+    }
+}
+
+/// A service name: it travels in the stream header with a one-byte length.
+fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_SERVICE_NAME_BYTES {
+        Err(format!(
+            "must be 1 to {MAX_SERVICE_NAME_BYTES} bytes, got {} bytes",
+            name.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks everything serde cannot: ranges, orderings, cross-references.
+    /// `own_id` is this node's id, when its identity has been loaded.
+    pub fn validate(&self, own_id: Option<PeerId>) -> Result<(), Vec<Problem>> {
+        let mut p = Vec::new();
+        self.check_node(&mut p);
+        self.check_pool(&mut p);
+        self.check_retry(&mut p);
+        self.check_admin(&mut p);
+        self.check_peers(&mut p, own_id);
+        self.check_forwards_and_services(&mut p);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    fn check_node(&self, p: &mut Vec<Problem>) {
+        let n = &self.node;
+        if n.alpn.is_empty() || n.alpn.len() > 255 {
+            p.push(Problem::new(
+                "node.alpn",
+                format!("must be 1 to 255 bytes, got {} bytes", n.alpn.len()),
+            ));
+        }
+        if n.keep_alive_interval >= n.idle_timeout {
+            p.push(Problem::new(
+                "node.keep_alive_interval",
+                format!(
+                    "must be less than node.idle_timeout ({}), got {}; otherwise idle connections time out between keep-alives",
+                    n.idle_timeout.as_secs_f64(),
+                    n.keep_alive_interval.as_secs_f64()
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&n.max_concurrent_streams) {
+            p.push(Problem::new(
+                "node.max_concurrent_streams",
+                format!(
+                    "must be between 1 and 1000000, got {}",
+                    n.max_concurrent_streams
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("node.udp_send_buffer", n.udp_send_buffer),
+            ("node.udp_recv_buffer", n.udp_recv_buffer),
+        ] {
+            if !(64 * 1024..=256 * 1024 * 1024).contains(&v) {
+                p.push(Problem::new(
+                    key,
+                    format!("must be between 65536 and 268435456 bytes, got {v}"),
+                ));
+            }
+        }
+    }
+
+    fn check_pool(&self, p: &mut Vec<Problem>) {
+        let pool = &self.pool;
+        if !(1..=MAX_CONNECTIONS_PER_PEER).contains(&pool.max_connections_per_peer) {
+            p.push(Problem::new(
+                "pool.max_connections_per_peer",
+                format!(
+                    "must be between 1 and {MAX_CONNECTIONS_PER_PEER}, got {}",
+                    pool.max_connections_per_peer
+                ),
+            ));
+        }
+    }
+
+    fn check_retry(&self, p: &mut Vec<Problem>) {
+        let r = &self.retry;
+        if r.max_retries > 1000 {
+            p.push(Problem::new(
+                "retry.max_retries",
+                format!("must be at most 1000, got {}", r.max_retries),
+            ));
+        }
+        if r.max_delay < r.initial_delay {
+            p.push(Problem::new(
+                "retry.max_delay",
+                format!(
+                    "must be at least retry.initial_delay ({}), got {}",
+                    r.initial_delay.as_secs_f64(),
+                    r.max_delay.as_secs_f64()
+                ),
+            ));
+        }
+        if !(r.backoff_multiplier >= 1.0 && r.backoff_multiplier <= 100.0) {
+            p.push(Problem::new(
+                "retry.backoff_multiplier",
+                format!(
+                    "must be between 1 and 100 (1 = constant delay), got {}",
+                    r.backoff_multiplier
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.jitter_factor) {
+            p.push(Problem::new(
+                "retry.jitter_factor",
+                format!("must be between 0.0 and 1.0, got {}", r.jitter_factor),
+            ));
+        }
+    }
+
+    fn check_admin(&self, p: &mut Vec<Problem>) {
+        if self.admin.token.chars().any(|c| c.is_control() || c == ' ') {
+            p.push(Problem::new(
+                "admin.token",
+                "must not contain spaces or control characters (it travels in an HTTP header)",
+            ));
+        }
+    }
+
+    fn check_peers(&self, p: &mut Vec<Problem>, own_id: Option<PeerId>) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut ids: HashMap<PeerId, usize> = HashMap::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            for problem in check_peer(peer, own_id) {
+                p.push(Problem::new(
+                    format!("peers[{i}].{}", problem.field),
+                    problem.message,
+                ));
+            }
+            if let Some(first) = names.insert(&peer.name, i) {
+                p.push(Problem::new(
+                    format!("peers[{i}].name"),
+                    format!("duplicate name {:?} (also peers[{first}])", peer.name),
+                ));
+            }
+            if let Some(first) = ids.insert(peer.id, i) {
+                p.push(Problem::new(
+                    format!("peers[{i}].id"),
+                    format!("duplicate id {} (also peers[{first}])", peer.id),
+                ));
+            }
+        }
+    }
+
+    fn check_forwards_and_services(&self, p: &mut Vec<Problem>) {
+        let mut tcp_listens: HashMap<SocketAddr, String> = HashMap::new();
+        tcp_listens.insert(self.admin.listen, "admin.listen".into());
+        for (i, f) in self.forward.iter().enumerate() {
+            if !self.peers.iter().any(|peer| peer.name == f.peer) {
+                let known: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+                p.push(Problem::new(
+                    format!("forward[{i}].peer"),
+                    format!(
+                        "names no peer: {:?} is not the name of any [[peers]] entry (known: {})",
+                        f.peer,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if let Err(msg) = check_service_name(&f.service) {
+                p.push(Problem::new(format!("forward[{i}].service"), msg));
+            }
+            if f.listen.port() != 0 {
+                if let Some(other) = tcp_listens.insert(f.listen, format!("forward[{i}].listen")) {
+                    p.push(Problem::new(
+                        format!("forward[{i}].listen"),
+                        format!("{} is already used by {other}", f.listen),
+                    ));
+                }
+            }
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in self.service.iter().enumerate() {
+            if let Err(msg) = check_service_name(&s.name) {
+                p.push(Problem::new(format!("service[{i}].name"), msg));
+            }
+            if let Some(first) = names.insert(&s.name, i) {
+                p.push(Problem::new(
+                    format!("service[{i}].name"),
+                    format!("duplicate service {:?} (also service[{first}])", s.name),
+                ));
+            }
+            if s.upstream.port() == 0 {
+                p.push(Problem::new(
+                    format!("service[{i}].upstream"),
+                    "port 0 cannot be connected to; give the upstream's real port",
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The configuration: one TOML file, every table `deny_unknown_fields`,
+//! durations as seconds, defaults in one place (`config/default.toml` is
+//! proven equal to them by a test).
+//!
+//! - `schema`: the tables and their defaults;
+//! - `units`: seconds as floats in the file, `Duration` in the program, and
+//!   `IP:PORT` addresses, each with a message that says what is expected;
+//! - `check`: the rules serde cannot express, one message per rule;
+//! - `load`: reading a file and reporting every problem at once, each naming
+//!   the key, the bad value and what is allowed, e.g.
+//!   `pool.max_connections_per_peer: must be between 1 and 64, got 0`.
+
+mod check;
+mod load;
+mod schema;
+mod units;
+
+pub use check::{check_peer, PeerProblem};
+pub use load::{ConfigError, Loaded, Problem};
+pub use schema::{
+    AdminConfig, Config, ForwardConfig, NodeConfig, PeerConfig, PoolConfig, RetryConfig,
+    ServiceConfig, MAX_CONFIG_BYTES, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES,
+};
+pub use units::{parse_addr, MAX_SECS};

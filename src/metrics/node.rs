@@ -1,0 +1,48 @@
+//! `NodeMetrics`: node-wide series with known label values, created at zero
+//! so that dashboards and alerts see them before the first event, and kept
+//! alive by the supervisor's tick.
+
+use metrics::Gauge;
+
+use super::labels::{ActorKind, HandshakeReason, InboundRefused};
+use super::series::LabelledCounter;
+use super::*;
+use crate::pool::PeerState;
+
+pub(crate) struct NodeMetrics {
+    handshake: LabelledCounter<HandshakeReason>,
+    refused: LabelledCounter<InboundRefused>,
+    restarts: LabelledCounter<ActorKind>,
+    peers: Vec<Gauge>,
+    pub(crate) ready: Gauge,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new() -> NodeMetrics {
+        let handshake = LabelledCounter::new(HANDSHAKE_FAILURES, Vec::new(), "reason");
+        handshake.create_all();
+        let refused = LabelledCounter::new(INBOUND_REFUSED, Vec::new(), "reason");
+        refused.create_all();
+        NodeMetrics {
+            handshake,
+            refused,
+            restarts: LabelledCounter::new(ACTOR_RESTARTS, Vec::new(), "actor"),
+            peers: PeerState::ALL
+                .iter()
+                .map(|s| metrics::gauge!(PEERS, "state" => s.as_str()))
+                .collect(),
+            ready: metrics::gauge!(READY),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        self.handshake.touch();
+        self.refused.touch();
+        self.restarts.touch();
+        for g in &self.peers {
+            g.increment(0.0);
+        }
+        self.ready.increment(0.0);
+        build_info().set(1.0);
+    }
+}

@@ -1,0 +1,62 @@
+//! The handles of forwards and services, resolved once when they start:
+//! no lookup by name, no lock and no allocation per connection or stream.
+
+use std::time::Duration;
+
+use super::labels::TransferResult;
+use super::series::LabelledCounter;
+use super::*;
+
+/// One `[[forward]]`: its results and connection lifetimes.
+pub(crate) struct ForwardMetrics {
+    results: LabelledCounter<TransferResult>,
+    duration: HistogramKey,
+}
+
+impl ForwardMetrics {
+    /// `label` is the forward's listen address.
+    pub(crate) fn new(label: &str) -> ForwardMetrics {
+        ForwardMetrics {
+            results: LabelledCounter::new(
+                FORWARD_CONNECTIONS,
+                vec![metrics::Label::new("forward", label.to_string())],
+                "result",
+            ),
+            duration: HistogramKey::new(FORWARD_DURATION, "forward", label),
+        }
+    }
+
+    pub(crate) fn record(&self, result: TransferResult, lifetime: Duration) {
+        self.results.increment(result);
+        self.duration.record(lifetime);
+    }
+
+    pub(crate) fn touch(&self) {
+        self.results.touch();
+    }
+}
+
+/// One `[[service]]` (or the catch-all of unknown names): its results.
+pub(crate) struct ServiceMetrics {
+    results: LabelledCounter<TransferResult>,
+}
+
+impl ServiceMetrics {
+    pub(crate) fn new(service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            results: LabelledCounter::new(
+                SERVICE_STREAMS,
+                vec![metrics::Label::new("service", service.to_string())],
+                "result",
+            ),
+        }
+    }
+
+    pub(crate) fn count(&self, result: TransferResult) {
+        self.results.increment(result);
+    }
+
+    pub(crate) fn touch(&self) {
+        self.results.touch();
+    }
+}
