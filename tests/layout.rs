@@ -218,7 +218,11 @@ fn referenced(code: &str, file_module: &[String]) -> Vec<(Vec<String>, Vec<Strin
         }
         if word_at(i, "mod") {
             let rest: String = chars[i + 3..].iter().take(80).collect();
-            let name: String = rest.trim_start().chars().take_while(|c| is_ident(*c)).collect();
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| is_ident(*c))
+                .collect();
             let after = rest.trim_start()[name.len()..].trim_start();
             if after.starts_with('{') {
                 inline.push((depth + 1, name));
@@ -227,7 +231,9 @@ fn referenced(code: &str, file_module: &[String]) -> Vec<(Vec<String>, Vec<Strin
             continue;
         }
         if word_at(i, "use") {
-            let end = (i..chars.len()).find(|&j| chars[j] == ';').unwrap_or(chars.len());
+            let end = (i..chars.len())
+                .find(|&j| chars[j] == ';')
+                .unwrap_or(chars.len());
             let tree: String = chars[i + 3..end].iter().collect();
             let mut paths = Vec::new();
             expand(&[], &tree, &mut paths);
@@ -238,8 +244,8 @@ fn referenced(code: &str, file_module: &[String]) -> Vec<(Vec<String>, Vec<Strin
             i = end;
             continue;
         }
-        let starts_path = is_ident(chars[i])
-            && (i == 0 || !(is_ident(chars[i - 1]) || chars[i - 1] == ':'));
+        let starts_path =
+            is_ident(chars[i]) && (i == 0 || !(is_ident(chars[i - 1]) || chars[i - 1] == ':'));
         if starts_path {
             let mut j = i;
             while j < chars.len() && (is_ident(chars[j]) || chars[j] == ':') {
@@ -259,7 +265,11 @@ fn referenced(code: &str, file_module: &[String]) -> Vec<(Vec<String>, Vec<Strin
 
 /// The module a path written in `module` points into, as far as modules
 /// go: `None` for paths outside the crate (std, dependencies).
-fn resolve(module: &[String], path: &[String], modules: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
+fn resolve(
+    module: &[String],
+    path: &[String],
+    modules: &BTreeSet<Vec<String>>,
+) -> Option<Vec<String>> {
     let mut at: Vec<String> = match path.first().map(String::as_str) {
         Some("crate") => Vec::new(),
         Some("super") => module.to_vec(),
@@ -413,7 +423,11 @@ fn the_files_of_src_import_each_other_without_a_circle() {
     for m in c.files.keys() {
         visit(m, &c.edges, &mut Vec::new(), &mut done, &mut circles);
     }
-    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
     // The checker sees the imports it must: the supervisor starts peer
     // actors, and nothing in the pure core reaches out.
     let sup = vec!["actors".to_string(), "supervisor".to_string()];

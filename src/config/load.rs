@@ -248,6 +248,12 @@ mod tests {
         problems.iter().any(|p| p.contains(needle))
     }
 
+    fn assert_has_all(problems: &[String], needles: &[&str]) {
+        for needle in needles {
+            assert!(has(problems, needle), "missing {needle:?} in {problems:#?}");
+        }
+    }
+
     #[test]
     fn range_errors_name_the_key_the_value_and_the_range() {
         let p = problems("[pool]\nmax_connections_per_peer = 0\n");
@@ -273,15 +279,16 @@ backoff_multiplier = 0.5
 jitter_factor = 1.5
 "#,
         );
-        for needle in [
-            "pool.max_connections_per_peer",
-            "retry.max_delay: must be at least retry.initial_delay (2), got 1",
-            "retry.backoff_multiplier",
-            "retry.jitter_factor: must be between 0.0 and 1.0, got 1.5",
-            "node.cert/node.key",
-        ] {
-            assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
-        }
+        assert_has_all(
+            &p,
+            &[
+                "pool.max_connections_per_peer",
+                "retry.max_delay: must be at least retry.initial_delay (2), got 1",
+                "retry.backoff_multiplier",
+                "retry.jitter_factor: must be between 0.0 and 1.0, got 1.5",
+                "node.cert/node.key",
+            ],
+        );
     }
 
     #[test]
@@ -325,12 +332,13 @@ upstream = "127.0.0.1:8080"
 "#,
             long = "s".repeat(256)
         ));
-        for needle in [
-            "peers[0].addr: \"nowhere:1\" is not an IP:PORT address",
-            "peers[2].id: must be 64 lowercase hex characters",
-        ] {
-            assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
-        }
+        assert_has_all(
+            &p,
+            &[
+                "peers[0].addr: \"nowhere:1\" is not an IP:PORT address",
+                "peers[2].id: must be 64 lowercase hex characters",
+            ],
+        );
         // Sections that failed to parse are not validated further; fix them
         // and the semantic problems appear.
         let p = problems(&format!(
@@ -355,16 +363,17 @@ upstream = "127.0.0.1:8080"
             other = "cd".repeat(32),
             long = "s".repeat(256)
         ));
-        for needle in [
-            "peers[1].name: duplicate name \"b\" (also peers[0])",
-            "peers[1].id: duplicate id",
-            "peers[2].name: must be 1 to 32 characters",
-            "forward[0].peer: names no peer: \"c\"",
-            "forward[0].service: must be 1 to 255 bytes, got 0 bytes",
-            "service[0].name: must be 1 to 255 bytes, got 256 bytes",
-        ] {
-            assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
-        }
+        assert_has_all(
+            &p,
+            &[
+                "peers[1].name: duplicate name \"b\" (also peers[0])",
+                "peers[1].id: duplicate id",
+                "peers[2].name: must be 1 to 32 characters",
+                "forward[0].peer: names no peer: \"c\"",
+                "forward[0].service: must be 1 to 255 bytes, got 0 bytes",
+                "service[0].name: must be 1 to 255 bytes, got 256 bytes",
+            ],
+        );
     }
 
     #[test]

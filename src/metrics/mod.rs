@@ -31,7 +31,6 @@ use labels::{
     Label, TransferResult,
 };
 
-
 pub const BUILD_INFO: &str = "peerpool_build_info";
 pub const PEERS: &str = "peerpool_peers";
 pub const CONNECTIONS: &str = "peerpool_connections";

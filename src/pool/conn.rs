@@ -84,4 +84,3 @@ pub(crate) struct Closed<H> {
     /// The close counted against its slot's backoff.
     pub(crate) failure: bool,
 }
-

@@ -525,6 +525,18 @@ mod tests {
         )
     }
 
+    /// Fails every dial of a silent peer until it is exhausted; returns the
+    /// time of the next probe.
+    fn fail_until_exhausted(p: &mut PeerCore<()>, rng: &mut SmallRng) -> Time {
+        let mut now = Time::ZERO;
+        while !p.exhausted() {
+            let s = p.due(now);
+            p.dial_failed(s[0], now, rng);
+            now = p.next_wakeup().unwrap();
+        }
+        now
+    }
+
     #[test]
     fn a_dead_peer_gets_one_dial_of_four_attempts_then_probes() {
         let mut p = core(3, 0.0);
@@ -641,12 +653,7 @@ mod tests {
     fn redial_now_restarts_an_exhausted_dial() {
         let mut p = core(2, 0.0);
         let mut rng = SmallRng::seed_from_u64(0);
-        let mut now = Time::ZERO;
-        while !p.exhausted() {
-            let s = p.due(now);
-            p.dial_failed(s[0], now, &mut rng);
-            now = p.next_wakeup().unwrap();
-        }
+        fail_until_exhausted(&mut p, &mut rng);
         assert_eq!(p.state(), PeerState::Unreachable);
         p.redial_now(ms(800));
         assert_eq!(p.state(), PeerState::Connecting);
@@ -658,12 +665,7 @@ mod tests {
     fn redial_now_during_a_probe_makes_it_the_first_attempt() {
         let mut p = core(1, 0.0);
         let mut rng = SmallRng::seed_from_u64(0);
-        let mut now = Time::ZERO;
-        while !p.exhausted() {
-            let s = p.due(now);
-            p.dial_failed(s[0], now, &mut rng);
-            now = p.next_wakeup().unwrap();
-        }
+        let now = fail_until_exhausted(&mut p, &mut rng);
         let probe = p.due(now);
         assert_eq!(p.state(), PeerState::Unreachable);
         p.redial_now(now);

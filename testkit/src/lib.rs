@@ -98,8 +98,8 @@ pub mod prelude {
     pub use crate::net::{free_tcp, free_udp, udp};
     pub use crate::pools::{all_conns, config, echo, echo_once, pair, pair_named, usable, Node};
     pub use crate::procs::{
-        echo_upstream, exchange, identity_in, setup, setup_with, through, wait_ready, NodeProc,
-        Setup,
+        echo_upstream, exchange, forwarding_pair, identity_in, setup, setup_with, through,
+        wait_ready, NodeProc, Setup,
     };
     pub use crate::wait::{wait_blocking, wait_for};
     pub use crate::{bin, init_tracing, repo, require, yaml_documents};

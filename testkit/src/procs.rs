@@ -181,50 +181,64 @@ pub fn setup(upstream: SocketAddr, drain_timeout: Duration) -> Setup {
     setup_with(upstream, |_, b| b.admin.drain_timeout = drain_timeout)
 }
 
-/// Like [`setup`], with `tune` applied to a's and b's configs last.
-pub fn setup_with(upstream: SocketAddr, tune: impl FnOnce(&mut Config, &mut Config)) -> Setup {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let (ka, kb) = (dir.path().join("a"), dir.path().join("b"));
-    let (ida, idb) = (identity_in(&ka), identity_in(&kb));
-    let (ua, ub) = (free_udp(), free_udp());
-    let forward = free_tcp();
-    // A node with its identity in `keys`, listening on `listen`, knowing `peer`.
-    let node = |keys: &Path, listen, peer| {
+/// The configs of two nodes on fresh loopback ports, with the identities
+/// kept in `ka` and `kb` (made there on first use): a forwards each TCP
+/// connection to b's `service`, b serves it from `upstream` and only
+/// accepts a (it has no address for it). Everything else is the default.
+pub fn forwarding_pair(
+    ka: &Path,
+    kb: &Path,
+    upstream: SocketAddr,
+    service: &str,
+) -> (Config, Config) {
+    let (ida, idb) = (identity_in(ka), identity_in(kb));
+    let node = |keys: &Path, peer| {
         let mut c = Config::default();
-        c.node.listen = listen;
+        c.node.listen = free_udp();
         c.node.cert = keys.join(identity::CERT_FILE);
         c.node.key = keys.join(identity::KEY_FILE);
         c.admin.listen = free_tcp();
         c.peers = vec![peer];
         c
     };
-    let mut a = node(
-        &ka,
-        ua,
-        PeerConfig {
-            name: "b".into(),
-            id: idb,
-            addr: Some(ub),
-        },
-    );
-    a.forward = vec![ForwardConfig {
-        listen: forward,
-        peer: "b".into(),
-        service: "echo".into(),
-    }];
     let mut b = node(
-        &kb,
-        ub,
+        kb,
         PeerConfig {
             name: "a".into(),
             id: ida,
             addr: None,
         },
     );
+    let mut a = node(
+        ka,
+        PeerConfig {
+            name: "b".into(),
+            id: idb,
+            addr: Some(b.node.listen),
+        },
+    );
+    a.forward = vec![ForwardConfig {
+        listen: free_tcp(),
+        peer: "b".into(),
+        service: service.into(),
+    }];
     b.service = vec![ServiceConfig {
-        name: "echo".into(),
+        name: service.into(),
         upstream,
     }];
+    (a, b)
+}
+
+/// Like [`setup`], with `tune` applied to a's and b's configs last.
+pub fn setup_with(upstream: SocketAddr, tune: impl FnOnce(&mut Config, &mut Config)) -> Setup {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (mut a, mut b) = forwarding_pair(
+        &dir.path().join("a"),
+        &dir.path().join("b"),
+        upstream,
+        "echo",
+    );
+    // Peers that vanish are noticed and redialled within seconds.
     for c in [&mut a, &mut b] {
         c.retry.max_delay = Duration::from_secs(2);
         c.node.keep_alive_interval = Duration::from_secs(1);
@@ -239,7 +253,7 @@ pub fn setup_with(upstream: SocketAddr, tune: impl FnOnce(&mut Config, &mut Conf
         b_udp: b.node.listen,
         a_admin: a.admin.listen,
         b_admin: b.admin.listen,
-        forward,
+        forward: a.forward[0].listen,
         a_log: dir.path().join("a.log"),
         b_log: dir.path().join("b.log"),
         a_config,

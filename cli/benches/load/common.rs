@@ -12,7 +12,7 @@ use serde::Serialize;
 
 pub use peerpool_testkit::load::serve_sink;
 pub use peerpool_testkit::net::{free_tcp, free_udp, udp};
-pub use peerpool_testkit::procs::{identity_in, NodeProc};
+pub use peerpool_testkit::procs::{forwarding_pair, identity_in, NodeProc};
 pub use peerpool_testkit::wait::wait_blocking;
 
 pub const BIN: &str = peerpool_testkit::bin!();

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use peerpool::config::{Config, ForwardConfig, PeerConfig, ServiceConfig};
 use peerpool_testkit::load::{self, Mode, Options};
 
 use super::common::*;
@@ -24,38 +23,11 @@ pub struct Pair {
 pub fn pair(upstream: std::net::SocketAddr, service: &str, n: usize) -> Pair {
     let dir = tempfile::tempdir().expect("tempdir");
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let (ida, idb) = (identity_in(&da), identity_in(&db));
-    let (ua, ub) = (free_udp(), free_udp());
-    let forward = free_tcp();
-    let mut a = Config::default();
-    a.node.listen = ua;
-    a.admin.listen = free_tcp();
-    a.pool.max_connections_per_peer = n;
+    let (mut a, mut b) = forwarding_pair(&da, &db, upstream, service);
+    let forward = a.forward[0].listen;
     a.pool.load_balancing_strategy = peerpool::pool::Strategy::LeastLoaded;
-    a.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: idb,
-        addr: Some(ub),
-    }];
-    a.forward = vec![ForwardConfig {
-        listen: forward,
-        peer: "b".into(),
-        service: service.into(),
-    }];
-    let mut b = Config::default();
-    b.node.listen = ub;
-    b.admin.listen = free_tcp();
-    b.pool.max_connections_per_peer = n;
-    b.peers = vec![PeerConfig {
-        name: "a".into(),
-        id: ida,
-        addr: None,
-    }];
-    b.service = vec![ServiceConfig {
-        name: service.into(),
-        upstream,
-    }];
     for c in [&mut a, &mut b] {
+        c.pool.max_connections_per_peer = n;
         c.node.max_concurrent_streams = 4096;
     }
     let b = NodeProc::launch(BIN, &db, b);

@@ -136,7 +136,12 @@ impl PeerActor {
         Conn::new(live, direction, rank, instance, ewma)
     }
 
-    pub(super) fn on_closed(&mut self, key: ConnKey, err: quinn::ConnectionError, ctx: &mut Context<Self>) {
+    pub(super) fn on_closed(
+        &mut self,
+        key: ConnKey,
+        err: quinn::ConnectionError,
+        ctx: &mut Context<Self>,
+    ) {
         let (reason, failure) = transport::close_reason(&err);
         let now = self.node.now();
         let Some(mut closed) = self.core.closed(key, failure, now, &mut self.rng) else {

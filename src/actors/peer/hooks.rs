@@ -3,9 +3,9 @@
 use actix::prelude::*;
 
 use super::PeerActor;
-use crate::pool::Direction;
 use crate::actors::inspect::CoreView;
 use crate::actors::messages::hooks::{InjectPanic, Inspect};
+use crate::pool::Direction;
 
 impl Handler<InjectPanic> for PeerActor {
     type Result = ();
@@ -19,8 +19,7 @@ impl Handler<Inspect> for PeerActor {
     type Result = MessageResult<Inspect>;
 
     fn handle(&mut self, _: Inspect, _ctx: &mut Self::Context) -> Self::Result {
-        let (usable, retiring): (Vec<_>, Vec<_>) =
-            self.core.conns().partition(|(_, c)| c.usable());
+        let (usable, retiring): (Vec<_>, Vec<_>) = self.core.conns().partition(|(_, c)| c.usable());
         let count = |d: Direction| self.core.conns().filter(|(_, c)| c.direction == d).count();
         MessageResult(CoreView {
             state: self.core.state(),

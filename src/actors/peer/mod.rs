@@ -309,4 +309,3 @@ impl Handler<Drain> for PeerActor {
         )
     }
 }
-
