@@ -23,17 +23,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config_a = Config::default();
     config_a.pool.max_connections_per_peer = 3;
-    config_a.peers.push(PeerConfig {
-        name: "b".into(),
-        id: id_b.id,
-        addr: Some(addr_b),
-    });
+    config_a
+        .peers
+        .push(PeerConfig::pinned("b", id_b.id, Some(addr_b)));
     let mut config_b = Config::default();
-    config_b.peers.push(PeerConfig {
-        name: "a".into(),
-        id: id_a.id,
-        addr: None, // b only accepts from a
-    });
+    // b only accepts from a: it has no address for it.
+    config_b.peers.push(PeerConfig::pinned("a", id_a.id, None));
 
     // b echoes whatever a stream carries.
     let echo = Arc::new(|mut s: IncomingStream| async move {

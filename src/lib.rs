@@ -42,8 +42,8 @@ pub mod transport;
 #[cfg(feature = "test-util")]
 pub use actors::CoreView;
 pub use actors::{
-    ConnectionInfo, IncomingStream, PeerStatus, Pool, PoolError, PooledRecv, PooledSend,
-    PooledStream, StreamHandler,
+    ConnectionInfo, EndpointInfo, IncomingStream, PeerStatus, Pool, PoolError, PooledRecv,
+    PooledSend, PooledStream, StreamHandler, StreamOutcome,
 };
 pub use identity::PeerId;
-pub use pool::{Direction, PeerState, Strategy};
+pub use pool::{Direction, EndpointState, PeerState, Strategy};

@@ -32,23 +32,11 @@ async fn exact_counts_after_a_scripted_sequence() {
     let idc = Identity::generate().unwrap().id;
     let mut ca = cfg.clone();
     ca.peers = vec![
-        PeerConfig {
-            name: "b".into(),
-            id: idb.id,
-            addr: Some(b_addr),
-        },
-        PeerConfig {
-            name: "c".into(),
-            id: idc,
-            addr: Some(dead),
-        },
+        PeerConfig::pinned("b", idb.id, Some(b_addr)),
+        PeerConfig::pinned("c", idc, Some(dead)),
     ];
     let mut cb = cfg.clone();
-    cb.peers = vec![PeerConfig {
-        name: "a".into(),
-        id: ida.id,
-        addr: None,
-    }];
+    cb.peers = vec![PeerConfig::pinned("a", ida.id, None)];
     let b = Pool::start_with_socket(cb, idb.clone(), echo(), sb).unwrap();
     let a = Pool::start_with_socket(ca, ida.clone(), echo(), sa).unwrap();
 

@@ -327,11 +327,7 @@ async fn an_unreachable_peer_fails_fast_and_recovers_on_the_next_probe() {
     drop(dead);
     let idb = Identity::generate().unwrap();
     let mut ca = cfg.clone();
-    ca.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: idb.id,
-        addr: Some(dead_addr),
-    }];
+    ca.peers = vec![PeerConfig::pinned("b", idb.id, Some(dead_addr))];
     let a = Pool::start_with_socket(ca, Identity::generate().unwrap(), echo(), udp()).unwrap();
     wait_for("b unreachable", SETTLE, || {
         a.pool_state("b") == Some(PeerState::Unreachable)
@@ -353,11 +349,7 @@ async fn an_unreachable_peer_fails_fast_and_recovers_on_the_next_probe() {
     // Start b on that port: the next probe finds it and the pool fills up.
     let sb = std::net::UdpSocket::bind(dead_addr).unwrap();
     let mut cb = cfg.clone();
-    cb.peers = vec![PeerConfig {
-        name: "a".into(),
-        id: a.local_id(),
-        addr: None,
-    }];
+    cb.peers = vec![PeerConfig::pinned("a", a.local_id(), None)];
     let _b = Pool::start_with_socket(cb, idb.clone(), echo(), sb).unwrap();
     let probe_bound = Duration::from_secs_f64(1.5 * 1.1) + Duration::from_millis(500);
     let took = wait_for("a back at N after the probe", probe_bound, || {
@@ -391,11 +383,7 @@ async fn a_peer_with_another_identity_never_becomes_healthy() {
     let mut cc = cfg.clone();
     cc.pool.connection_timeout = Duration::from_secs_f64(0.5);
     cc.retry.max_delay = Duration::from_secs_f64(1.0);
-    cc.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: stranger.id,
-        addr: Some(b.addr),
-    }];
+    cc.peers = vec![PeerConfig::pinned("b", stranger.id, Some(b.addr))];
     let c = Pool::start_with_socket(cc, Identity::generate().unwrap(), echo(), udp()).unwrap();
     wait_for("c gives up on the impostor", SETTLE, || {
         c.pool_state("b") == Some(PeerState::Unreachable)
@@ -413,11 +401,7 @@ async fn a_peer_with_another_identity_never_becomes_healthy() {
     let mut cd = cfg.clone();
     cd.pool.connection_timeout = Duration::from_secs_f64(0.5);
     cd.retry.max_delay = Duration::from_secs_f64(1.0);
-    cd.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: b.identity.id,
-        addr: Some(b.addr),
-    }];
+    cd.peers = vec![PeerConfig::pinned("b", b.identity.id, Some(b.addr))];
     let d = Pool::start_with_socket(cd, Identity::generate().unwrap(), echo(), udp()).unwrap();
     wait_for("d refused by b", SETTLE, || {
         d.pool_state("b") == Some(PeerState::Unreachable)
@@ -444,17 +428,13 @@ async fn unknown_peers_are_admitted_only_when_allowed() {
     let idb = Identity::generate().unwrap();
     let b = Pool::start_with_socket(cfg.clone(), idb.clone(), echo(), sb).unwrap();
     let mut cd = config(2, Strategy::RoundRobin);
-    cd.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: idb.id,
-        addr: Some(b_addr),
-    }];
+    cd.peers = vec![PeerConfig::pinned("b", idb.id, Some(b_addr))];
     let d = Pool::start_with_socket(cd, Identity::generate().unwrap(), echo(), udp()).unwrap();
     wait_for("d connected to b", SETTLE, || usable(&d, &idb.id) == 2).await;
     let seen = b.peers();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].name.starts_with("u-"), "{}", seen[0].name);
-    assert_eq!(seen[0].id, d.local_id());
+    assert_eq!(seen[0].id, Some(d.local_id()));
     assert_eq!(echo_once(&d, &idb.id, b"hi").await.unwrap(), b"hi");
     assert_eq!(
         echo_once(&b, &d.local_id(), b"back").await.unwrap(),

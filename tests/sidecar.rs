@@ -40,11 +40,7 @@ fn listeners(config: &Config) -> Listeners {
 async fn serving_pair(mut cfg_b: Config, extra_peers: Vec<PeerConfig>) -> (Node, Pool, Identity) {
     let id_a = Identity::generate().unwrap();
     let id_b = Identity::generate().unwrap();
-    cfg_b.peers.push(PeerConfig {
-        name: "a".into(),
-        id: id_a.id,
-        addr: None,
-    });
+    cfg_b.peers.push(PeerConfig::pinned("a", id_a.id, None));
     cfg_b.peers.extend(extra_peers);
     let l = listeners(&cfg_b);
     let b_addr = l.udp.local_addr().unwrap();
@@ -52,16 +48,13 @@ async fn serving_pair(mut cfg_b: Config, extra_peers: Vec<PeerConfig>) -> (Node,
         Loaded {
             config: cfg_b,
             identity: id_b.clone(),
+            trust: None,
         },
         l,
     )
     .unwrap();
     let mut cfg_a = config(2, Strategy::RoundRobin);
-    cfg_a.peers = vec![PeerConfig {
-        name: "b".into(),
-        id: id_b.id,
-        addr: Some(b_addr),
-    }];
+    cfg_a.peers = vec![PeerConfig::pinned("b", id_b.id, Some(b_addr))];
     let nothing = Arc::new(|_s: IncomingStream| async {});
     let a = Pool::start_with_socket(cfg_a, id_a, nothing, udp()).unwrap();
     wait_for("a connected to b", Duration::from_secs(10), || {
@@ -77,11 +70,7 @@ async fn admin_api_answers_every_documented_status() {
     let mut cfg = config(2, Strategy::RoundRobin);
     cfg.admin.token = "s3cret".into();
     let dead = free_udp();
-    let ghost = PeerConfig {
-        name: "ghost".into(),
-        id: Identity::generate().unwrap().id,
-        addr: Some(dead),
-    };
+    let ghost = PeerConfig::pinned("ghost", Identity::generate().unwrap().id, Some(dead));
     let (node, _a, _idb) = serving_pair(cfg, vec![ghost]).await;
     let base = format!("http://{}", node.admin_addr());
     let tok = Some("s3cret");
@@ -291,14 +280,8 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
     let mut cfg = config(2, Strategy::RoundRobin);
     cfg.node.header_timeout = Duration::from_secs_f64(1.0);
     cfg.service = vec![
-        ServiceConfig {
-            name: "echo".into(),
-            upstream: echo,
-        },
-        ServiceConfig {
-            name: "dead".into(),
-            upstream: free_tcp(),
-        },
+        ServiceConfig::new("echo", echo),
+        ServiceConfig::new("dead", free_tcp()),
     ];
     let (node, a, idb) = serving_pair(cfg, vec![]).await;
     let idb = idb.id;

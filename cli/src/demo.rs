@@ -93,23 +93,13 @@ fn prepare(dir: &Path, upstreams: &[SocketAddr]) -> Result<Vec<NodeSetup>, Strin
             if i == j {
                 continue;
             }
-            c.peers.push(PeerConfig {
-                name: other.to_string(),
-                id: ids[j],
-                addr: Some(udp[j]),
-            });
+            c.peers
+                .push(PeerConfig::pinned(other.to_string(), ids[j], Some(udp[j])));
             let listen = try_free_tcp().map_err(|e| format!("no free TCP port: {e}"))?;
-            c.forward.push(ForwardConfig {
-                listen,
-                peer: other.to_string(),
-                service: "echo".into(),
-            });
+            c.forward.push(ForwardConfig::new(listen, *other, "echo"));
             forwards.push((*other, listen));
         }
-        c.service.push(ServiceConfig {
-            name: "echo".into(),
-            upstream: upstreams[i],
-        });
+        c.service.push(ServiceConfig::new("echo", upstreams[i]));
         let text = toml::to_string(&c).map_err(|e| format!("config for {name}: {e}"))?;
         let config_path = dir.join(name).join("peerpool.toml");
         std::fs::write(&config_path, text)

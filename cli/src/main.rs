@@ -45,10 +45,16 @@ enum Command {
         #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
         valid_days: u32,
     },
-    /// Print the peer id of a PEM certificate.
+    /// Print the peer id of a PEM certificate and, when it carries one,
+    /// its peer name (`peerpool://NAME`).
     Id {
         #[arg(long)]
         cert: PathBuf,
+    },
+    /// A certificate authority for replicas that share a peer name.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
     },
     /// Validate a config file: exit 0 with a summary, or 2 with every problem.
     Check {
@@ -57,6 +63,7 @@ enum Command {
     },
     /// Run the sidecar: the pool, the forwards, the services, the admin API.
     /// SIGTERM or SIGINT drains and exits 0; a second signal exits at once.
+    /// SIGHUP reads the config file again and applies what changed.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -102,6 +109,42 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA: DIR/ca.key (mode 0600) and DIR/ca.crt (the bundle for
+    /// `[trust] ca`).
+    Init {
+        /// Folder for ca.key and ca.crt (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// CA certificate validity in days.
+        #[arg(long, default_value_t = identity::ca::DEFAULT_CA_VALID_DAYS)]
+        valid_days: u32,
+    },
+    /// Issue a node identity for peer NAME: OUT/node.key (mode 0600) and
+    /// OUT/node.crt carrying `peerpool://NAME`, signed by the CA in --ca.
+    Issue {
+        /// The folder `ca init` wrote.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The peer name replicas share (the `name` of their [[peers]] entry).
+        #[arg(long)]
+        name: String,
+        /// Folder for node.key and node.crt (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
+        valid_days: u32,
+    },
+}
+
 /// What a load request looks like.
 #[derive(Clone, Copy, ValueEnum)]
 enum LoadMode {
@@ -134,13 +177,17 @@ fn main() -> ExitCode {
             force,
             valid_days,
         } => keygen(out, force, valid_days),
-        Command::Id { cert } => match identity::id_of_cert_file(&cert) {
-            Ok(id) => {
-                println!("{id}");
+        Command::Id { cert } => match identity::cert_file_info(&cert) {
+            Ok(info) => {
+                println!("{}", info.id);
+                if let Some(name) = info.name {
+                    println!("name {name}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_BAD_INPUT, &e.to_string()),
         },
+        Command::Ca { command } => ca(command),
         Command::Check { config } => check(config),
         Command::Run { config, log_format } => run(config, log_format),
         Command::Demo { duration } => demo::run(demo::Options { duration }),
@@ -214,8 +261,11 @@ fn run(path: PathBuf, format: LogFormat) -> ExitCode {
     };
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
-        let node = Node::start(loaded, listeners)?;
-        first_signal().await;
+        let node = Node::start_from(loaded, listeners, Some(path))?;
+        tokio::select! {
+            _ = first_signal() => {}
+            _ = reload_on_sighup(&node) => {}
+        }
         // A second signal does not wait for the drain.
         actix_rt::spawn(async {
             first_signal().await;
@@ -229,6 +279,21 @@ fn run(path: PathBuf, format: LogFormat) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e.to_string()),
     }
+}
+
+/// Reloads the config file on every SIGHUP (the reload logs what it did
+/// or why the file was not used); never returns.
+async fn reload_on_sighup(node: &Node) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with POST /reload");
+        return std::future::pending().await;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config file");
+        let _ = node.reload().await;
+    }
+    std::future::pending().await
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -315,8 +380,61 @@ fn keygen(out: PathBuf, force: bool, valid_days: u32) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e @ IdentityError::Exists { .. }) => fail(EXIT_BAD_INPUT, &e.to_string()),
-        Err(e) => fail(1, &e.to_string()),
+        Err(e) => identity_failure(e),
+    }
+}
+
+fn ca(command: CaCommand) -> ExitCode {
+    match command {
+        CaCommand::Init {
+            out,
+            force,
+            valid_days,
+        } => match identity::ca::ca_init(&out, force, valid_days) {
+            Ok(made) => {
+                eprintln!(
+                    "wrote {} (mode 0600) and {}; give {} as [trust] ca",
+                    made.key_path.display(),
+                    made.cert_path.display(),
+                    made.cert_path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => identity_failure(e),
+        },
+        CaCommand::Issue {
+            ca,
+            name,
+            out,
+            force,
+            valid_days,
+        } => {
+            if let Err(msg) = peerpool::config::check_peer_name(&name) {
+                return fail(EXIT_BAD_INPUT, &format!("--name {msg}"));
+            }
+            match identity::ca::ca_issue(&ca, &name, &out, force, valid_days) {
+                Ok(made) => {
+                    println!("{}", made.id);
+                    eprintln!(
+                        "wrote {} (mode 0600) and {} for peerpool://{}",
+                        made.key_path.display(),
+                        made.cert_path.display(),
+                        made.name
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => identity_failure(e),
+            }
+        }
+    }
+}
+
+/// Bad input (an existing file, a missing or unreadable CA, a bad count)
+/// exits 2; a failure to write exits 1 (`keygen`, `ca init`, `ca issue`).
+fn identity_failure(e: IdentityError) -> ExitCode {
+    match e {
+        IdentityError::Write { .. } => fail(1, &e.to_string()),
+        e => fail(EXIT_BAD_INPUT, &e.to_string()),
     }
 }
 
@@ -389,8 +507,14 @@ fn summary(path: &std::path::Path, loaded: &Loaded) -> String {
     for p in &c.peers {
         let addr = p
             .addr
+            .as_ref()
             .map_or("(accept only)".to_string(), |a| a.to_string());
-        let _ = writeln!(s, "  {:<12} {}  {}", p.name, p.id, addr);
+        let who = match p.pinned_ids().as_slice() {
+            [] => format!("peerpool://{} (any CA-issued key)", p.name),
+            [one] => one.to_string(),
+            [first, rest @ ..] => format!("{first} (+{} more ids)", rest.len()),
+        };
+        let _ = writeln!(s, "  {:<12} {}  {}", p.name, who, addr);
     }
     let _ = writeln!(s, "forwards   {}", c.forward.len());
     for f in &c.forward {

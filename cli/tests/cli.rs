@@ -185,7 +185,7 @@ fn every_listed_error_is_reported_one_line_each() {
         ),
         (
             format!("[[peers]]\nname = \"b\"\nid = \"{id_b}\"\naddr = \"10.0.0.1\"\n"),
-            "peers[0].addr: \"10.0.0.1\" is not an IP:PORT address",
+            "peers[0].addr: \"10.0.0.1\" is not IP:PORT or HOST:PORT (no port",
         ),
         (
             "[node]\ncert = \"missing.crt\"\n".into(),

@@ -185,11 +185,7 @@ async fn every_bad_tls_peer_is_refused_and_counted_before_any_stream() {
     let good = Identity::generate().unwrap();
     let server_id = Identity::generate().unwrap();
     let mut cfg = config(1, Strategy::RoundRobin);
-    cfg.peers = vec![PeerConfig {
-        name: "good".into(),
-        id: good.id,
-        addr: None,
-    }];
+    cfg.peers = vec![PeerConfig::pinned("good", good.id, None)];
     let sock = udp();
     let server = sock.local_addr().unwrap();
     let pool = Pool::start_with_socket(cfg.clone(), server_id.clone(), handler, sock).unwrap();
@@ -262,11 +258,7 @@ async fn every_bad_tls_peer_is_refused_and_counted_before_any_stream() {
     );
     // The good peer still gets through: the refusals were specific.
     let mut good_cfg = config(1, Strategy::RoundRobin);
-    good_cfg.peers = vec![PeerConfig {
-        name: "server".into(),
-        id: server_id.id,
-        addr: Some(server),
-    }];
+    good_cfg.peers = vec![PeerConfig::pinned("server", server_id.id, Some(server))];
     let good_pool = Pool::start_with_socket(good_cfg, good.clone(), echo(), udp()).unwrap();
     wait_for("the good peer connects", Duration::from_secs(10), || {
         usable(&good_pool, &server_id.id) == 1

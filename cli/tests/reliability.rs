@@ -41,7 +41,7 @@ async fn world(
         a.retry.max_delay = Duration::from_secs_f64(2.0);
         if relayed {
             let r = Relay::start(b.node.listen);
-            a.peers[0].addr = Some(r.addr);
+            a.peers[0].addr = Some(r.addr.into());
             relay = Some(r);
         }
         tune(a, b);
@@ -482,15 +482,13 @@ async fn a_slow_consumer_is_held_back_and_disturbs_no_one() {
         // One connection, so the slow stream and the echo share it.
         a.pool.max_connections_per_peer = 1;
         b.pool.max_connections_per_peer = 1;
-        a.forward.push(peerpool::config::ForwardConfig {
-            listen: slow_forward,
-            peer: "b".into(),
-            service: "slow".into(),
-        });
-        b.service.push(peerpool::config::ServiceConfig {
-            name: "slow".into(),
-            upstream: slow,
-        });
+        a.forward.push(peerpool::config::ForwardConfig::new(
+            slow_forward,
+            "b",
+            "slow",
+        ));
+        b.service
+            .push(peerpool::config::ServiceConfig::new("slow", slow));
     })
     .await;
     let forward = w.s.forward;

@@ -47,7 +47,7 @@ async fn handle_incoming(
             return;
         }
     };
-    let Some(id) = tls::remote_id(&conn) else {
+    let Some(id) = tls::remote_identity(&conn).map(|who| who.id) else {
         codes::BAD_HELLO.close(&conn);
         return;
     };

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::Notify;
 
 use super::status::{rfc3339, ConnectionInfo};
+use crate::identity::Verified;
 use crate::pool::{ConnKey, Direction};
 
 /// One live connection and its stream counts.
@@ -20,6 +21,8 @@ pub(crate) struct ConnMeta {
     /// The dialler's sequence number (from the hello): with `direction`, it
     /// names the connection the same way on both ends.
     pub(crate) dial_seq: u64,
+    /// Who is at the other end (its certificate's id, and name if CA-issued).
+    pub(crate) remote: Verified,
     opened_at: SystemTime,
     opened: Instant,
     /// Streams this node opened on it, still open.
@@ -35,6 +38,12 @@ pub(crate) struct ConnMeta {
     /// here has finished.
     peer_done: AtomicBool,
     peer_done_notify: Notify,
+    /// The peer answered DRAINED: it opens no new stream here.
+    drained: AtomicBool,
+    drained_notify: Notify,
+    /// This node drains and the peer never answered DRAINED: new streams
+    /// it opens here are refused.
+    refusing: AtomicBool,
 }
 
 impl ConnMeta {
@@ -43,12 +52,14 @@ impl ConnMeta {
         conn: quinn::Connection,
         direction: Direction,
         dial_seq: u64,
+        remote: Verified,
     ) -> ConnMeta {
         ConnMeta {
             key,
             conn,
             direction,
             dial_seq,
+            remote,
             opened_at: SystemTime::now(),
             opened: Instant::now(),
             out_streams: AtomicUsize::new(0),
@@ -57,6 +68,9 @@ impl ConnMeta {
             idle_watched: AtomicBool::new(false),
             peer_done: AtomicBool::new(false),
             peer_done_notify: Notify::new(),
+            drained: AtomicBool::new(false),
+            drained_notify: Notify::new(),
+            refusing: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +115,29 @@ impl ConnMeta {
         .await
     }
 
+    pub(crate) fn set_drained(&self) {
+        self.drained.store(true, Ordering::Release);
+        self.drained_notify.notify_waiters();
+    }
+
+    /// Resolves once the peer answered DRAINED.
+    pub(crate) async fn wait_drained(&self) {
+        wait_until(&self.drained_notify, || {
+            self.drained.load(Ordering::Acquire)
+        })
+        .await
+    }
+
+    /// From now on, refuse new streams here unless the peer said DRAINED.
+    pub(crate) fn refuse_unless_drained(&self) {
+        self.refusing.store(true, Ordering::Release);
+    }
+
+    /// Whether a stream the peer opens now is refused.
+    pub(crate) fn refuses_new_streams(&self) -> bool {
+        self.refusing.load(Ordering::Acquire) && !self.drained.load(Ordering::Acquire)
+    }
+
     pub(crate) fn info(&self, usable: bool, rtt_ewma: f64) -> ConnectionInfo {
         let stats = self.conn.stats();
         ConnectionInfo {
@@ -108,6 +145,7 @@ impl ConnMeta {
             direction: self.direction,
             dial_seq: self.dial_seq,
             remote_addr: self.conn.remote_address(),
+            peer_id: self.remote.id,
             opened_at: rfc3339(self.opened_at),
             age_seconds: self.opened.elapsed().as_secs_f64(),
             active_streams: self.out_streams.load(Ordering::Relaxed),

@@ -10,15 +10,16 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::admission::accept_loop;
-use super::context::NodeContext;
+use super::context::{NodeContext, TlsState};
 use super::error::PoolError;
-use super::messages::{AddPeer, DialPeer, RemovePeer, Shutdown};
+use super::messages::{AddPeer, DialPeer, RemovePeer, ReplacePeer, Shutdown};
 use super::registry::Registry;
 use super::shared::PeerShared;
 use super::status::{ConnectionInfo, PeerStatus};
 use super::streams::{PooledStream, StreamHandler};
 use super::supervisor::Supervisor;
 use crate::config::{Config, PeerConfig};
+use crate::identity::ca::Trust;
 use crate::identity::{Identity, PeerId};
 use crate::pool::PeerState;
 use crate::transport;
@@ -58,9 +59,28 @@ impl Pool {
         handler: Arc<dyn StreamHandler>,
         socket: std::net::UdpSocket,
     ) -> Result<Pool, PoolError> {
+        Pool::start_trusting(config, identity, None, handler, socket)
+    }
+
+    /// Like [`Pool::start_with_socket`], also accepting peers by the name in
+    /// a certificate of a CA in `trust` (`[trust] ca`).
+    pub fn start_trusting(
+        config: Config,
+        identity: Identity,
+        trust: Option<Trust>,
+        handler: Arc<dyn StreamHandler>,
+        socket: std::net::UdpSocket,
+    ) -> Result<Pool, PoolError> {
+        let trust = trust.map(Arc::new);
         let registry = Arc::new(Registry::new(config.node.accept_unknown_peers));
-        let endpoint = transport::endpoint(&config.node, &identity, registry.clone(), socket)
-            .map_err(PoolError::Start)?;
+        let endpoint = transport::endpoint_trusting(
+            &config.node,
+            &identity,
+            registry.clone(),
+            trust.clone(),
+            socket,
+        )
+        .map_err(PoolError::Start)?;
         let local_addr = endpoint.local_addr().map_err(|source| {
             PoolError::Start(transport::BindError::Socket {
                 addr: config.node.listen,
@@ -68,7 +88,12 @@ impl Pool {
             })
         })?;
         let node = Arc::new(NodeContext::new(
-            config, identity, endpoint, local_addr, registry, handler,
+            config,
+            TlsState { identity, trust },
+            endpoint,
+            local_addr,
+            registry,
+            handler,
         ));
         let supervisor = Supervisor::start(node.clone())?;
         actix::spawn(accept_loop(node.clone(), supervisor.clone().recipient()));
@@ -112,7 +137,10 @@ impl Pool {
         let shared = self.shared(id)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.supervisor
-            .send(DialPeer { id: *id, reply: tx })
+            .send(DialPeer {
+                name: shared.name().to_string(),
+                reply: tx,
+            })
             .await??;
         let bound = self.dial_bound(shared.config.addr.is_some());
         match tokio::time::timeout(bound, rx).await {
@@ -163,7 +191,7 @@ impl Pool {
             .registry
             .all()
             .iter()
-            .map(|s| (s.id(), s.connections()))
+            .filter_map(|s| Some((s.config.pinned_ids().first().copied()?, s.connections())))
             .collect()
     }
 
@@ -185,19 +213,30 @@ impl Pool {
             .iter()
             .filter_map(|s| {
                 let first = s.connections().into_iter().find(|c| c.usable)?;
-                Some((s.id(), first))
+                Some((first.peer_id, first))
             })
             .collect()
     }
 
     /// Opens a bidi stream to a peer over the connection the strategy picks.
     pub async fn open_stream(&self, peer: &PeerId) -> Result<PooledStream, PoolError> {
-        self.shared(peer)?.open_stream().await
+        self.shared(peer)?.open_stream(&[]).await
     }
 
     /// Like [`Pool::open_stream`], by the peer's configured name.
     pub async fn open_stream_to(&self, name: &str) -> Result<PooledStream, PoolError> {
-        self.shared_by_name(name)?.open_stream().await
+        self.shared_by_name(name)?.open_stream(&[]).await
+    }
+
+    /// Like [`Pool::open_stream_to`], avoiding the endpoints in `exclude`
+    /// while another endpoint has a usable connection (a retry elsewhere
+    /// after a stream failed there).
+    pub async fn open_stream_avoiding(
+        &self,
+        name: &str,
+        exclude: &[SocketAddr],
+    ) -> Result<PooledStream, PoolError> {
+        self.shared_by_name(name)?.open_stream(exclude).await
     }
 
     /// Every peer's status, sorted by name.
@@ -229,6 +268,35 @@ impl Pool {
     /// Adds a peer at run time; it is dialled at once if it has an address.
     pub async fn add_peer(&self, peer: PeerConfig) -> Result<(), PoolError> {
         self.supervisor.send(AddPeer(peer)).await?
+    }
+
+    /// Gives a peer a new configuration (a reload): an actor with it takes
+    /// the peer at once; the old one's connections are retired without
+    /// losing a stream.
+    pub async fn replace_peer(&self, peer: PeerConfig) -> Result<(), PoolError> {
+        self.supervisor.send(ReplacePeer(peer)).await?
+    }
+
+    /// The identity and trust new connections use now.
+    pub(crate) fn tls_state(&self) -> Arc<TlsState> {
+        self.node.tls()
+    }
+
+    /// From now on new connections (both ways) use this identity and trust;
+    /// connections up now keep theirs. The stateless-reset key stays
+    /// derived from the key the node started with.
+    pub fn set_tls(&self, identity: Identity, trust: Option<Trust>) -> Result<(), PoolError> {
+        let trust = trust.map(Arc::new);
+        let server = transport::server_config(
+            &self.node.config.node,
+            &identity,
+            self.node.registry.clone(),
+            trust.clone(),
+        )
+        .map_err(|e| PoolError::Start(transport::BindError::Tls(e)))?;
+        self.node.endpoint.set_server_config(Some(server));
+        self.node.set_tls(TlsState { identity, trust });
+        Ok(())
     }
 
     /// Drains a peer (no new streams; open ones finish or hit
@@ -271,13 +339,15 @@ impl Pool {
     #[cfg(feature = "test-util")]
     pub async fn inject_actor_panic(&self, peer: &PeerId) -> Result<(), PoolError> {
         use super::messages::hooks::PanicPeer;
-        self.supervisor.send(PanicPeer(*peer)).await?
+        let name = self.shared(peer)?.name().to_string();
+        self.supervisor.send(PanicPeer(name)).await?
     }
 
     /// Test hook: what the `PeerCore` of `peer` holds, read by its actor.
     #[cfg(feature = "test-util")]
     pub async fn inspect_core(&self, peer: &PeerId) -> Result<super::inspect::CoreView, PoolError> {
         use super::messages::hooks::InspectPeer;
-        self.supervisor.send(InspectPeer(*peer)).await?
+        let name = self.shared(peer)?.name().to_string();
+        self.supervisor.send(InspectPeer(name)).await?
     }
 }

@@ -1,6 +1,7 @@
 //! The inbound stream loop: accepts the streams a peer opens on one
 //! connection and hands each to the node's stream handler, until the
-//! connection closes. While the peer drains, new streams are refused.
+//! connection closes. While the peer drains here, streams are refused only
+//! on connections whose peer did not answer the drain announcement.
 
 use std::sync::Arc;
 
@@ -16,14 +17,13 @@ pub(crate) async fn serve_inbound(
     handler: Arc<dyn StreamHandler>,
 ) {
     while let Ok((mut send, mut recv)) = meta.conn.accept_bi().await {
-        if peer.state() == PeerState::Draining {
+        if peer.state() == PeerState::Draining && meta.refuses_new_streams() {
             let code = quinn::VarInt::from_u32(codes::stream::DRAINING);
             let _ = send.reset(code);
             let _ = recv.stop(code);
             continue;
         }
-        let stream =
-            IncomingStream::new(peer.name_arc.clone(), peer.id(), meta.clone(), (send, recv));
+        let stream = IncomingStream::new(peer.name_arc.clone(), meta.clone(), (send, recv));
         tokio::spawn(handler.handle(stream));
     }
 }

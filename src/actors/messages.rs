@@ -10,7 +10,6 @@ use tokio::sync::oneshot;
 use super::error::PoolError;
 use super::status::ConnectionInfo;
 use crate::config::PeerConfig;
-use crate::identity::PeerId;
 use crate::pool::ConnKey;
 use crate::transport::codes::CloseCode;
 use crate::transport::hello;
@@ -39,11 +38,18 @@ pub(crate) struct Inbound {
     pub(crate) received: hello::Received,
 }
 
+/// Replaces a peer's configuration (a reload): an actor with the new
+/// configuration takes the peer's name at once; the old one retires its
+/// connections (no stream is lost) and stops.
+#[derive(Message)]
+#[rtype(result = "Result<(), PoolError>")]
+pub(crate) struct ReplacePeer(pub(crate) PeerConfig);
+
 /// A `PeerActor` ended without being asked to.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct PeerDied {
-    pub(crate) id: PeerId,
+    pub(crate) name: String,
     pub(crate) generation: u64,
 }
 
@@ -51,7 +57,7 @@ pub(crate) struct PeerDied {
 #[derive(Message)]
 #[rtype(result = "Result<(), PoolError>")]
 pub(crate) struct DialPeer {
-    pub(crate) id: PeerId,
+    pub(crate) name: String,
     pub(crate) reply: DialWaiter,
 }
 
@@ -88,6 +94,10 @@ pub(crate) struct Dial {
 pub(crate) struct Drain {
     pub(crate) code: CloseCode,
     pub(crate) timeout: Duration,
+    /// Announce the drain (DRAINING: the whole node or this peer goes
+    /// away), or retire each connection (RETIRE/DONE: another actor of the
+    /// same peer takes over, so the peer must not stop routing here).
+    pub(crate) announce: bool,
 }
 
 /// The peer retires a connection (RETIRE on its control stream): retire it
@@ -98,21 +108,29 @@ pub(crate) struct PeerRetires {
     pub(crate) key: ConnKey,
 }
 
+/// The peer process behind a connection drains (DRAINING on its control
+/// stream): route nothing new to it, and answer DRAINED.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct PeerDrains {
+    pub(crate) key: ConnKey,
+}
+
 /// Test hooks (feature `test-util`): make an actor panic, read its core.
 #[cfg(feature = "test-util")]
 pub(crate) mod hooks {
     use super::*;
     use crate::actors::inspect::CoreView;
 
-    /// To the supervisor: panic the actor of this peer.
+    /// To the supervisor: panic the actor of this peer (by name).
     #[derive(Message)]
     #[rtype(result = "Result<(), PoolError>")]
-    pub(crate) struct PanicPeer(pub(crate) PeerId);
+    pub(crate) struct PanicPeer(pub(crate) String);
 
     /// To the supervisor: what the core of this peer's actor holds.
     #[derive(Message)]
     #[rtype(result = "Result<CoreView, PoolError>")]
-    pub(crate) struct InspectPeer(pub(crate) PeerId);
+    pub(crate) struct InspectPeer(pub(crate) String);
 
     /// To a peer actor: panic.
     #[derive(Message)]

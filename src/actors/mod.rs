@@ -8,6 +8,8 @@
 //! | `messages.rs` | every actor message |
 //! | `admission.rs` | inbound handshakes and hellos |
 //! | `shared.rs` | what a peer actor publishes (its table and counters) |
+//! | `endpoints.rs` | what openers learn of each endpoint: latency, failure runs |
+//! | `discovery.rs` | resolving a peer's host name into endpoints |
 //! | `routes.rs` | opening a stream from the published table (no actor hop) |
 //! | `inbound.rs` | the loop serving the streams a peer opens |
 //! | `conn.rs` | per-connection stream counts and waits |
@@ -25,6 +27,8 @@
 mod admission;
 mod conn;
 mod context;
+mod discovery;
+mod endpoints;
 mod error;
 mod handle;
 mod inbound;
@@ -44,5 +48,7 @@ pub use error::PoolError;
 pub use handle::Pool;
 #[cfg(feature = "test-util")]
 pub use inspect::CoreView;
-pub use status::{ConnectionInfo, PeerStatus};
-pub use streams::{IncomingStream, PooledRecv, PooledSend, PooledStream, StreamHandler};
+pub use status::{ConnectionInfo, EndpointInfo, PeerStatus};
+pub use streams::{
+    IncomingStream, PooledRecv, PooledSend, PooledStream, StreamHandler, StreamOutcome,
+};

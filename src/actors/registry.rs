@@ -1,13 +1,14 @@
-//! The `Registry`: every peer of a node, by id and by name. The TLS
-//! verifier reads it on every inbound handshake to decide who may connect;
-//! the `Pool` handle reads it to find a peer's published table.
+//! The `Registry`: every peer of a node, by name and by pinned id. The TLS
+//! verifier asks it on every inbound handshake whether the presenter may
+//! connect; admission asks it which peer an admitted connection is; the
+//! `Pool` handle reads it to find a peer's published table.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::error::PoolError;
 use super::shared::PeerShared;
-use crate::identity::PeerId;
+use crate::identity::{PeerId, Verified};
 use crate::metrics::labels::HandshakeReason;
 use crate::transport::tls::InboundPolicy;
 
@@ -19,8 +20,9 @@ pub(crate) struct Registry {
 
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<PeerId, Arc<PeerShared>>,
-    by_name: HashMap<String, PeerId>,
+    by_name: HashMap<String, Arc<PeerShared>>,
+    /// Pinned ids, to the name of their peer.
+    by_id: HashMap<PeerId, String>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -53,20 +55,32 @@ impl Registry {
         self.accept_unknown
     }
 
+    /// The peer pinned to `id`.
     pub(crate) fn get(&self, id: &PeerId) -> Option<Arc<PeerShared>> {
-        self.read().by_id.get(id).cloned()
-    }
-
-    pub(crate) fn by_name(&self, name: &str) -> Option<Arc<PeerShared>> {
         let inner = self.read();
         inner
-            .by_name
-            .get(name)
-            .and_then(|id| inner.by_id.get(id))
+            .by_id
+            .get(id)
+            .and_then(|name| inner.by_name.get(name))
             .cloned()
     }
 
-    /// Adds a peer unless its name or id is taken.
+    pub(crate) fn by_name(&self, name: &str) -> Option<Arc<PeerShared>> {
+        self.read().by_name.get(name).cloned()
+    }
+
+    /// The peer a verified certificate belongs to: the one pinned to its id,
+    /// else (a CA-issued certificate) the unpinned peer of its name.
+    pub(crate) fn find(&self, who: &Verified) -> Option<Arc<PeerShared>> {
+        if let Some(p) = self.get(&who.id) {
+            return Some(p);
+        }
+        let name = who.name.as_deref()?;
+        self.by_name(name)
+            .filter(|p| p.config.id.is_none() && p.config.ids.is_empty())
+    }
+
+    /// Adds a peer unless its name or one of its ids is taken.
     pub(crate) fn insert(&self, peer: Arc<PeerShared>) -> Result<(), PoolError> {
         let mut inner = self.write();
         if inner.by_name.contains_key(peer.name()) {
@@ -75,21 +89,23 @@ impl Registry {
                 peer.name()
             )));
         }
-        if inner.by_id.contains_key(&peer.id()) {
-            return Err(PoolError::PeerExists(format!(
-                "a peer with id {} exists",
-                peer.id()
-            )));
+        let ids = peer.config.pinned_ids();
+        if let Some(id) = ids.iter().find(|id| inner.by_id.contains_key(id)) {
+            return Err(PoolError::PeerExists(format!("a peer with id {id} exists")));
         }
-        inner.by_name.insert(peer.name().to_string(), peer.id());
-        inner.by_id.insert(peer.id(), peer);
+        for id in ids {
+            inner.by_id.insert(id, peer.name().to_string());
+        }
+        inner.by_name.insert(peer.name().to_string(), peer);
         Ok(())
     }
 
-    pub(crate) fn remove(&self, id: &PeerId) {
+    pub(crate) fn remove(&self, name: &str) {
         let mut inner = self.write();
-        if let Some(peer) = inner.by_id.remove(id) {
-            inner.by_name.remove(peer.name());
+        if let Some(peer) = inner.by_name.remove(name) {
+            for id in peer.config.pinned_ids() {
+                inner.by_id.remove(&id);
+            }
         }
     }
 
@@ -105,15 +121,15 @@ impl Registry {
 
     /// Every peer, sorted by name.
     pub(crate) fn all(&self) -> Vec<Arc<PeerShared>> {
-        let mut all: Vec<_> = self.read().by_id.values().cloned().collect();
+        let mut all: Vec<_> = self.read().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
     }
 }
 
 impl InboundPolicy for Registry {
-    fn check(&self, id: &PeerId) -> Result<(), HandshakeReason> {
-        if self.accept_unknown || self.read().by_id.contains_key(id) {
+    fn check(&self, who: &Verified) -> Result<(), HandshakeReason> {
+        if self.accept_unknown || self.find(who).is_some() {
             Ok(())
         } else {
             Err(HandshakeReason::UnknownPeer)

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
+use std::net::SocketAddr;
+
+use super::endpoints::EndpointHandle;
 use super::error::PoolError;
-use super::shared::{PeerShared, Route};
+use super::shared::{PeerShared, Picked, Route};
 use super::streams::{PooledStream, StreamGuard};
 use crate::pool::ConnKey;
 
@@ -21,6 +24,7 @@ type OpenFuture = Pin<Box<dyn Future<Output = Result<Bi, quinn::ConnectionError>
 struct Opening {
     guard: StreamGuard,
     open: OpenFuture,
+    endpoint: Option<EndpointHandle>,
 }
 
 impl Opening {
@@ -29,7 +33,14 @@ impl Opening {
         Opening {
             guard: StreamGuard::new(route.meta.clone(), false),
             open: Box::pin(async move { conn.open_bi().await }),
+            endpoint: None,
         }
+    }
+
+    fn picked(p: Picked<Opening>) -> Opening {
+        let mut o = p.opening;
+        o.endpoint = Some(p.endpoint);
+        o
     }
 
     fn key(&self) -> ConnKey {
@@ -58,8 +69,12 @@ impl PeerShared {
     /// connection when the chosen one is dead or has no stream credit left
     /// (the peer's `max_concurrent_streams`), waits for whichever saturated
     /// connection frees a slot first, and never waits longer than
-    /// `stream_open_timeout` in all.
-    pub(crate) async fn open_stream(self: &Arc<Self>) -> Result<PooledStream, PoolError> {
+    /// `stream_open_timeout` in all. Endpoints in `exclude` are avoided
+    /// while another endpoint has a usable connection (a retry elsewhere).
+    pub(crate) async fn open_stream(
+        self: &Arc<Self>,
+        exclude: &[SocketAddr],
+    ) -> Result<PooledStream, PoolError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.open_timeout;
         // Connections already tried: dead ones and saturated ones.
@@ -67,9 +82,9 @@ impl PeerShared {
         let mut saturated: Vec<Opening> = Vec::new();
         let mut last_err: Option<quinn::ConnectionError> = None;
         loop {
-            let mut opening = match self.pick(&tried, Opening::start) {
+            let mut opening = match self.pick(&tried, exclude, Opening::start) {
                 Err(e) => return Err(self.fail(e)),
-                Ok(Some(opening)) => opening,
+                Ok(Some(picked)) => Opening::picked(picked),
                 Ok(None) if !saturated.is_empty() => {
                     // Every usable connection is out of credit: take the
                     // first slot any of them frees.
@@ -109,8 +124,8 @@ impl PeerShared {
                     let notified = self.changed().notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    match self.pick(&tried, Opening::start) {
-                        Ok(Some(opening)) => opening,
+                    match self.pick(&tried, exclude, Opening::start) {
+                        Ok(Some(picked)) => Opening::picked(picked),
                         // The loop's own pick reports why.
                         Err(_) => continue,
                         Ok(None) => {
@@ -143,13 +158,16 @@ impl PeerShared {
         // the actor's tick: no metrics call per stream but the histogram.
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
         self.metrics.record_open(started.elapsed());
-        PooledStream::new(opening.guard, stream)
+        PooledStream::new(opening.guard, stream, opening.endpoint, started)
     }
 
     /// An open failed on a connection: quinn fails `open_bi` only on a
     /// closed connection, whose close the actor sees by itself; this open
-    /// moves on to another connection.
+    /// moves on to another connection. It counts against the endpoint.
     fn open_failed(&self, opening: &Opening, e: &quinn::ConnectionError) {
         tracing::debug!(peer = %self.config.name, conn = opening.key(), error = %e, "open failed; trying another connection");
+        if let Some(endpoint) = &opening.endpoint {
+            endpoint.failed();
+        }
     }
 }

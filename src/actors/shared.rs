@@ -4,6 +4,7 @@
 //! the inbound stream loop read it without a message to the actor (a
 //! cross-arbiter hop costs more than a stream open).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,13 +14,26 @@ use rand::SeedableRng;
 use tokio::sync::Notify;
 
 use super::conn::ConnMeta;
+use super::endpoints::{EndpointHandle, EndpointStats, FailureSink};
 use super::error::PoolError;
-use super::status::{ConnectionInfo, PeerStatus};
+use super::status::{ConnectionInfo, EndpointInfo, PeerStatus};
 use super::telemetry::TrafficTotals;
 use crate::config::PeerConfig;
-use crate::identity::PeerId;
 use crate::metrics::peer::PeerMetrics;
-use crate::pool::{Balancer, ConnKey, Load, PeerState, Strategy};
+use crate::pool::{
+    pick_endpoint, Balancer, ConnKey, EndpointLoad, EndpointState, Load, PeerState, Strategy,
+};
+
+/// One endpoint in the published table.
+#[derive(Clone)]
+pub(crate) struct EndpointRoute {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stats: Arc<EndpointStats>,
+    pub(crate) state: EndpointState,
+    /// Connections held, usable or not.
+    pub(crate) connections: usize,
+    pub(crate) ejected_until: Option<Instant>,
+}
 
 /// One connection in the published table.
 #[derive(Clone)]
@@ -28,12 +42,15 @@ pub(crate) struct Route {
     pub(crate) usable: bool,
     /// Peak-EWMA of RTT in seconds, as of the actor's last tick.
     pub(crate) rtt: f64,
+    /// Its endpoint, an index into [`Snapshot::endpoints`].
+    pub(crate) endpoint: usize,
 }
 
 /// What the actor derives from its core and publishes.
 #[derive(Clone)]
 pub(crate) struct Snapshot {
     pub(crate) state: PeerState,
+    pub(crate) endpoints: Vec<EndpointRoute>,
     pub(crate) routes: Vec<Route>,
     /// The next dial or probe, when one is scheduled.
     pub(crate) retry_at: Option<Instant>,
@@ -42,13 +59,14 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Before the actor's first publish, and after it stopped.
-    pub(crate) fn empty(dial_attempts: u64) -> Snapshot {
+    /// Before the actor's first publish.
+    pub(crate) fn empty() -> Snapshot {
         Snapshot {
             state: PeerState::Connecting,
+            endpoints: Vec::new(),
             routes: Vec::new(),
             retry_at: None,
-            dial_attempts,
+            dial_attempts: 0,
             backoff: Duration::ZERO,
         }
     }
@@ -59,6 +77,12 @@ struct Table {
     snap: Snapshot,
     balancer: Balancer,
     rng: SmallRng,
+}
+
+/// A connection picked for a stream, and the endpoint it belongs to.
+pub(crate) struct Picked<T> {
+    pub(crate) opening: T,
+    pub(crate) endpoint: EndpointHandle,
 }
 
 pub(crate) struct PeerShared {
@@ -79,24 +103,27 @@ pub(crate) struct PeerShared {
     pub(crate) streams_opened: AtomicU64,
     pub(crate) open_failures: AtomicU64,
     pub(crate) traffic: TrafficTotals,
+    /// `outlier.consecutive_failures`.
+    pub(crate) eject_after: u32,
+    pub(crate) failures: Arc<FailureSink>,
 }
 
 impl PeerShared {
     pub(crate) fn new(
         config: PeerConfig,
-        target: usize,
-        strategy: Strategy,
-        open_timeout: Duration,
+        pool: &crate::config::PoolConfig,
+        eject_after: u32,
         ephemeral: bool,
     ) -> PeerShared {
+        let strategy: Strategy = pool.load_balancing_strategy;
         let metrics = PeerMetrics::new(&config.name, strategy);
-        metrics.target.set(target as f64);
+        metrics.target.set(pool.max_connections_per_peer as f64);
         PeerShared {
-            target,
-            open_timeout,
+            target: pool.max_connections_per_peer,
+            open_timeout: pool.stream_open_timeout,
             ephemeral,
             table: Mutex::new(Table {
-                snap: Snapshot::empty(0),
+                snap: Snapshot::empty(),
                 balancer: Balancer::new(strategy),
                 rng: SmallRng::from_os_rng(),
             }),
@@ -106,13 +133,11 @@ impl PeerShared {
             streams_opened: AtomicU64::new(0),
             open_failures: AtomicU64::new(0),
             traffic: TrafficTotals::default(),
+            eject_after,
+            failures: Arc::new(FailureSink::default()),
             name_arc: Arc::from(config.name.as_str()),
             config,
         }
-    }
-
-    pub(crate) fn id(&self) -> PeerId {
-        self.config.id
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -176,12 +201,27 @@ impl PeerShared {
 
     pub(crate) fn status(&self) -> PeerStatus {
         let snap = self.snapshot();
+        let now = Instant::now();
+        let ids = self.config.pinned_ids();
         PeerStatus {
             name: self.config.name.clone(),
-            id: self.config.id,
-            addr: self.config.addr,
+            id: ids.first().copied(),
+            ids,
+            addr: self.config.addr.clone(),
             state: snap.state,
             target: self.target,
+            endpoints: snap
+                .endpoints
+                .iter()
+                .map(|e| EndpointInfo {
+                    addr: e.addr,
+                    state: e.state,
+                    connections: e.connections,
+                    ejected_for: e
+                        .ejected_until
+                        .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                })
+                .collect(),
             connections: snap
                 .routes
                 .iter()
@@ -190,23 +230,26 @@ impl PeerShared {
             dial_attempts: snap.dial_attempts,
             next_retry_in: snap
                 .retry_at
-                .map(|at| at.saturating_duration_since(Instant::now()).as_secs_f64()),
+                .map(|at| at.saturating_duration_since(now).as_secs_f64()),
             backoff_seconds: snap.backoff.as_secs_f64(),
             streams_opened: self.streams_opened.load(Ordering::Relaxed),
             stream_open_failures: self.open_failures.load(Ordering::Relaxed),
         }
     }
 
-    /// Picks a usable connection by strategy, skipping `tried`, and hands it
-    /// to `start` under the table's lock, or says why there is none. `start`
-    /// counts the stream on the connection: an actor that stops routing to
-    /// it (a retire) publishes under the same lock, so it sees every open
-    /// that picked the connection before.
+    /// Picks an endpoint (power of two choices by latency and load, skipping
+    /// ejected ones while others can take the stream, and those in
+    /// `exclude` while others have a usable connection), then one of its usable connections by strategy, skipping
+    /// `tried`, and hands it to `start` under the table's lock; or says why
+    /// there is none. `start` counts the stream on the connection: an actor
+    /// that stops routing to it (a retire) publishes under the same lock, so
+    /// it sees every open that picked the connection before.
     pub(crate) fn pick<T>(
         &self,
         tried: &[ConnKey],
+        exclude: &[SocketAddr],
         start: impl FnOnce(&Route) -> T,
-    ) -> Result<Option<T>, PoolError> {
+    ) -> Result<Option<Picked<T>>, PoolError> {
         let mut guard = self.table();
         let t = &mut *guard;
         match t.snap.state {
@@ -227,8 +270,28 @@ impl PeerShared {
             }
             _ => {}
         }
-        // At most 64 connections (config bound) plus transient excess: the
-        // candidate list lives on the stack.
+        let candidate = |r: &Route| r.usable && !tried.contains(&r.meta.key);
+        let endpoint = match t.snap.endpoints.len() {
+            0 => return Ok(None),
+            // One endpoint (the common case): no balancing between
+            // endpoints, and `exclude` cannot send the stream elsewhere.
+            1 => {
+                if !t.snap.routes.iter().any(candidate) {
+                    return Ok(None);
+                }
+                0
+            }
+            // `exclude` is a preference: with every other endpoint gone, a
+            // retry goes back to one it avoided rather than fail.
+            _ => match pick_among_endpoints(&t.snap, exclude, candidate, &mut t.rng)
+                .or_else(|| pick_among_endpoints(&t.snap, &[], candidate, &mut t.rng))
+            {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+        };
+        // At most 64 connections per endpoint (config bound) plus transient
+        // excess: the candidate list lives on the stack.
         const CAP: usize = 2 * crate::config::MAX_CONNECTIONS_PER_PEER;
         let mut loads = [Load {
             active: 0,
@@ -237,7 +300,7 @@ impl PeerShared {
         let mut index = [0usize; CAP];
         let mut n = 0;
         for (i, route) in t.snap.routes.iter().enumerate() {
-            if route.usable && n < CAP && !tried.contains(&route.meta.key) {
+            if route.endpoint == endpoint && candidate(route) && n < CAP {
                 loads[n] = Load {
                     active: route.meta.out_streams.load(Ordering::Relaxed),
                     rtt: route.rtt,
@@ -246,8 +309,19 @@ impl PeerShared {
                 n += 1;
             }
         }
-        let picked = t.balancer.pick(&loads[..n], &mut t.rng);
-        Ok(picked.map(|p| start(&t.snap.routes[index[p]])))
+        let Some(p) = t.balancer.pick(&loads[..n], &mut t.rng) else {
+            return Ok(None);
+        };
+        let e = &t.snap.endpoints[endpoint];
+        Ok(Some(Picked {
+            opening: start(&t.snap.routes[index[p]]),
+            endpoint: EndpointHandle {
+                addr: e.addr,
+                stats: e.stats.clone(),
+                eject_after: self.eject_after,
+                sink: self.failures.clone(),
+            },
+        }))
     }
 
     /// Counts a failed open, by the error's own reason.
@@ -257,4 +331,43 @@ impl PeerShared {
         self.metrics.open_failure(err.reason());
         err
     }
+}
+
+/// The endpoint of a peer with several: among those with a candidate
+/// connection and not excluded, the ones taking streams (not ejected, not
+/// draining) if any, else all of them; by [`pick_endpoint`].
+fn pick_among_endpoints(
+    snap: &Snapshot,
+    exclude: &[SocketAddr],
+    candidate: impl Fn(&Route) -> bool,
+    rng: &mut SmallRng,
+) -> Option<usize> {
+    let mut eligible: Vec<(usize, EndpointLoad, bool)> = snap
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            !exclude.contains(&e.addr)
+                && snap.routes.iter().any(|r| r.endpoint == *i && candidate(r))
+        })
+        .map(|(i, e)| {
+            let in_flight = snap
+                .routes
+                .iter()
+                .filter(|r| r.endpoint == i)
+                .map(|r| r.meta.out_streams.load(Ordering::Relaxed))
+                .sum();
+            let load = EndpointLoad {
+                latency: e.stats.latency(),
+                in_flight,
+            };
+            let takes = !matches!(e.state, EndpointState::Ejected | EndpointState::Draining);
+            (i, load, takes)
+        })
+        .collect();
+    if eligible.iter().any(|(_, _, takes)| *takes) {
+        eligible.retain(|(_, _, takes)| *takes);
+    }
+    let loads: Vec<EndpointLoad> = eligible.iter().map(|(_, l, _)| *l).collect();
+    pick_endpoint(&loads, rng).map(|k| eligible[k].0)
 }

@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::PeerAddr;
 use crate::identity::PeerId;
-use crate::pool::{Direction, PeerState};
+use crate::pool::{Direction, EndpointState, PeerState};
 
 /// One connection as the admin API and `Pool::get_connections` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,8 @@ pub struct ConnectionInfo {
     /// the same connection on both ends.
     pub dial_seq: u64,
     pub remote_addr: SocketAddr,
+    /// The id of the certificate the other end presented.
+    pub peer_id: PeerId,
     /// RFC 3339.
     pub opened_at: String,
     pub age_seconds: f64,
@@ -39,15 +42,32 @@ pub struct ConnectionInfo {
     pub usable: bool,
 }
 
+/// One endpoint of a peer: an address it answers on (from its configured
+/// address or its DNS name), or one it connected from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub addr: SocketAddr,
+    pub state: EndpointState,
+    /// Connections held to it, usable or being retired.
+    pub connections: usize,
+    /// Seconds left of its ejection by outlier detection, if ejected.
+    pub ejected_for: Option<f64>,
+}
+
 /// One peer as the admin API and `Pool::peers` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub name: String,
-    pub id: PeerId,
-    pub addr: Option<SocketAddr>,
+    /// The first pinned id; `None` for a peer known by its CA-issued name.
+    pub id: Option<PeerId>,
+    /// Every pinned id.
+    pub ids: Vec<PeerId>,
+    pub addr: Option<PeerAddr>,
     pub state: PeerState,
-    /// N: the connections the pool aims to hold.
+    /// N: the connections the pool aims to hold per endpoint.
     pub target: usize,
+    pub endpoints: Vec<EndpointInfo>,
+    /// Every connection, over all endpoints.
     pub connections: Vec<ConnectionInfo>,
     /// Dial attempts since the peer was added.
     pub dial_attempts: u64,

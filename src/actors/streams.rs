@@ -9,10 +9,12 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conn::ConnMeta;
+use super::endpoints::EndpointHandle;
 use crate::identity::PeerId;
 
 /// Counts a stream on its connection while alive (the active-streams gauge
@@ -58,17 +60,62 @@ pub struct PooledStream {
     /// The number of the connection it runs on (see
     /// [`crate::ConnectionInfo::number`]).
     pub connection: u64,
+    /// The endpoint it runs on.
     pub remote: SocketAddr,
+    /// How it went, for the endpoint's latency and outlier detection.
+    pub outcome: StreamOutcome,
+}
+
+/// Reports how a pooled stream went, for the balancing between a peer's
+/// endpoints: when its first response byte came, and whether it failed
+/// (a failed open, a reset, a failing status) or succeeded. Cloning is
+/// cheap; reporting nothing changes nothing.
+#[derive(Clone)]
+pub struct StreamOutcome {
+    endpoint: Option<EndpointHandle>,
+    opened: Instant,
+}
+
+impl StreamOutcome {
+    /// The first byte of the answer arrived now: the time since the open
+    /// feeds the endpoint's latency estimate.
+    pub fn first_byte(&self) {
+        if let Some(e) = &self.endpoint {
+            e.first_byte_after(self.opened.elapsed());
+        }
+    }
+
+    /// Time since the stream was opened.
+    pub fn elapsed(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
+    /// The stream did what it was for: the endpoint's run of failures ends.
+    pub fn succeeded(&self) {
+        if let Some(e) = &self.endpoint {
+            e.ok();
+        }
+    }
+
+    /// The stream failed in a way that counts against its endpoint.
+    pub fn failed(&self) {
+        if let Some(e) = &self.endpoint {
+            e.failed();
+        }
+    }
 }
 
 impl PooledStream {
     pub(crate) fn new(
         guard: StreamGuard,
         (send, recv): (quinn::SendStream, quinn::RecvStream),
+        endpoint: Option<EndpointHandle>,
+        opened: Instant,
     ) -> PooledStream {
         let (connection, remote) = (guard.meta.key, guard.meta.conn.remote_address());
         let guard = Arc::new(guard);
         PooledStream {
+            outcome: StreamOutcome { endpoint, opened },
             send: PooledSend {
                 inner: send,
                 _guard: guard.clone(),
@@ -92,7 +139,10 @@ pub struct IncomingStream {
     /// The configured name of the peer (or `u-<id prefix>` for an unknown
     /// peer admitted by `accept_unknown_peers`).
     pub peer: Arc<str>,
+    /// The id of the certificate the calling process presented.
     pub peer_id: PeerId,
+    /// The address of the calling process.
+    pub remote: SocketAddr,
     pub send: PooledSend,
     pub recv: PooledRecv,
 }
@@ -100,14 +150,16 @@ pub struct IncomingStream {
 impl IncomingStream {
     pub(crate) fn new(
         peer: Arc<str>,
-        peer_id: PeerId,
         meta: Arc<ConnMeta>,
         (send, recv): (quinn::SendStream, quinn::RecvStream),
     ) -> IncomingStream {
+        let peer_id = meta.remote.id;
+        let remote = meta.conn.remote_address();
         let guard = Arc::new(StreamGuard::new(meta, true));
         IncomingStream {
             peer,
             peer_id,
+            remote,
             send: PooledSend {
                 inner: send,
                 _guard: guard.clone(),

@@ -16,11 +16,12 @@ use actix::prelude::*;
 
 use super::context::NodeContext;
 use super::error::PoolError;
-use super::messages::{AddPeer, Dial, DialPeer, Drain, Inbound, PeerDied, RemovePeer, Shutdown};
+use super::messages::{
+    AddPeer, Dial, DialPeer, Drain, Inbound, PeerDied, RemovePeer, ReplacePeer, Shutdown,
+};
 use super::peer::{PeerActor, Supervision};
 use super::shared::PeerShared;
 use crate::config::{check_peer, PeerConfig};
-use crate::identity::PeerId;
 use crate::metrics::{self, labels::ActorKind, labels::InboundRefused};
 use crate::pool::PeerState;
 use crate::transport::codes::{self, CloseCode};
@@ -33,7 +34,11 @@ struct Entry {
 
 pub(crate) struct Supervisor {
     node: Arc<NodeContext>,
-    peers: HashMap<PeerId, Entry>,
+    /// By peer name.
+    peers: HashMap<String, Entry>,
+    /// Unique across the node's actors, so a death report of an actor that
+    /// was replaced never restarts its successor.
+    next_generation: u64,
 }
 
 impl Supervisor {
@@ -45,6 +50,7 @@ impl Supervisor {
             let mut sup = Supervisor {
                 node: node.clone(),
                 peers: HashMap::new(),
+                next_generation: 0,
             };
             for peer in node.config.peers.clone() {
                 if let Err(e) = sup.add(peer, false, ctx) {
@@ -79,32 +85,37 @@ impl Supervisor {
         ephemeral: bool,
         ctx: &mut Context<Self>,
     ) -> Result<Arc<PeerShared>, PoolError> {
-        if let Some(problem) = check_peer(&config, Some(self.node.local_id()))
+        let ca = self.node.tls().trust.is_some();
+        if let Some(problem) = check_peer(&config, Some(self.node.local_id()), ca)
             .into_iter()
             .next()
         {
             return Err(PoolError::InvalidPeer(problem.to_string()));
         }
-        let pool = &self.node.config.pool;
         let shared = Arc::new(PeerShared::new(
             config,
-            pool.max_connections_per_peer,
-            pool.load_balancing_strategy,
-            pool.stream_open_timeout,
+            &self.node.config.pool,
+            self.node.ejection.consecutive_failures,
             ephemeral,
         ));
         self.node.registry.insert(shared.clone())?;
-        let addr = self.spawn_actor(&shared, 0, ctx);
-        tracing::info!(peer = %shared.name(), id = %shared.id(), addr = ?shared.config.addr, ephemeral, "peer added");
+        let generation = self.generation();
+        let addr = self.spawn_actor(&shared, generation, ctx);
+        tracing::info!(peer = %shared.name(), ids = ?shared.config.pinned_ids(), addr = ?shared.config.addr, ephemeral, "peer added");
         self.peers.insert(
-            shared.id(),
+            shared.name().to_string(),
             Entry {
                 shared: shared.clone(),
                 addr,
-                generation: 0,
+                generation,
             },
         );
         Ok(shared)
+    }
+
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
     }
 
     /// Drains a peer: the future resolves once its actor has closed its
@@ -115,8 +126,13 @@ impl Supervisor {
         entry: &Entry,
         code: CloseCode,
         timeout: Duration,
+        announce: bool,
     ) -> impl Future<Output = Result<(), PoolError>> {
-        let request = entry.addr.send(Drain { code, timeout });
+        let request = entry.addr.send(Drain {
+            code,
+            timeout,
+            announce,
+        });
         async move {
             match request.await {
                 Ok(result) => result,
@@ -127,10 +143,10 @@ impl Supervisor {
     }
 
     /// Forgets a peer whose drain finished.
-    fn forget(&mut self, id: &PeerId) {
-        if let Some(entry) = self.peers.remove(id) {
-            self.node.registry.remove(id);
-            tracing::info!(peer = %entry.shared.name(), "peer removed");
+    fn forget(&mut self, name: &str) {
+        if self.peers.remove(name).is_some() {
+            self.node.registry.remove(name);
+            tracing::info!(peer = %name, "peer removed");
         }
     }
 }
@@ -163,23 +179,72 @@ impl Handler<RemovePeer> for Supervisor {
     type Result = ResponseActFuture<Self, Result<(), PoolError>>;
 
     fn handle(&mut self, msg: RemovePeer, _ctx: &mut Self::Context) -> Self::Result {
-        let Some((id, entry)) = self.peers.iter().find(|(_, e)| e.shared.name() == msg.0) else {
+        let Some(entry) = self.peers.get(&msg.0) else {
             return Box::pin(fut::ready(Err(PoolError::UnknownPeer(msg.0))));
         };
-        let id = *id;
-        let drain = Supervisor::drain(entry, codes::REMOVED, self.node.config.admin.drain_timeout);
+        let drain = Supervisor::drain(
+            entry,
+            codes::REMOVED,
+            self.node.config.admin.drain_timeout,
+            true,
+        );
         Box::pin(
             drain
                 .into_actor(self)
                 .map(move |result, act, _| match result {
                     Ok(()) => {
-                        act.forget(&id);
+                        act.forget(&msg.0);
                         Ok(())
                     }
                     // Another removal of this peer is under way.
                     Err(_) => Err(PoolError::UnknownPeer(msg.0)),
                 }),
         )
+    }
+}
+
+impl Handler<ReplacePeer> for Supervisor {
+    type Result = Result<(), PoolError>;
+
+    fn handle(&mut self, msg: ReplacePeer, ctx: &mut Self::Context) -> Self::Result {
+        let config = msg.0;
+        let name = config.name.clone();
+        let ca = self.node.tls().trust.is_some();
+        if let Some(problem) = check_peer(&config, Some(self.node.local_id()), ca)
+            .into_iter()
+            .next()
+        {
+            return Err(PoolError::InvalidPeer(problem.to_string()));
+        }
+        let Some(old) = self.peers.remove(&name) else {
+            return Err(PoolError::UnknownPeer(name));
+        };
+        if old.shared.state() == PeerState::Draining {
+            self.peers.insert(name.clone(), old);
+            return Err(PoolError::Draining { peer: name });
+        }
+        self.node.registry.remove(&name);
+        if let Err(e) = self.add(config, false, ctx) {
+            // The new config cannot be registered (an id another peer
+            // holds): the old actor goes on as it was.
+            let _ = self.node.registry.insert(old.shared.clone());
+            self.peers.insert(name, old);
+            return Err(e);
+        }
+        let retire = Supervisor::drain(
+            &old,
+            codes::REMOVED,
+            self.node.config.admin.drain_timeout,
+            false,
+        );
+        ctx.spawn(
+            async move {
+                let _ = retire.await;
+                tracing::info!(peer = %name, "replaced peer's old connections retired");
+            }
+            .into_actor(self),
+        );
+        Ok(())
     }
 }
 
@@ -191,20 +256,24 @@ impl Handler<Inbound> for Supervisor {
         if self.node.is_shutting_down() {
             return refuse(codes::GOING_AWAY);
         }
-        let id = msg.received.hello.id;
-        let addr = match self.peers.get(&id) {
+        let Some(who) = crate::transport::tls::remote_identity(&msg.conn) else {
+            return refuse(codes::BAD_HELLO);
+        };
+        let known = self
+            .node
+            .registry
+            .find(&who)
+            .and_then(|p| self.peers.get(p.name()));
+        let addr = match known {
             // A draining peer's actor refuses it (and counts that).
             Some(e) => e.addr.clone(),
             None if self.node.registry.accept_unknown() => {
-                let config = PeerConfig {
-                    name: format!("u-{}", id.short()),
-                    id,
-                    addr: None,
-                };
+                let config = PeerConfig::pinned(format!("u-{}", who.id.short()), who.id, None);
+                let name = config.name.clone();
                 match self.add(config, true, ctx) {
-                    Ok(_) => self.peers[&id].addr.clone(),
+                    Ok(_) => self.peers[&name].addr.clone(),
                     Err(e) => {
-                        tracing::warn!(peer = %id, error = %e, "cannot admit an unknown peer");
+                        tracing::warn!(peer = %who.id, error = %e, "cannot admit an unknown peer");
                         metrics::inbound_refused(InboundRefused::Unknown);
                         return refuse(codes::UNKNOWN_PEER);
                     }
@@ -230,7 +299,7 @@ impl Handler<PeerDied> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerDied, ctx: &mut Self::Context) {
-        let Some(entry) = self.peers.get(&msg.id) else {
+        let Some(entry) = self.peers.get(&msg.name) else {
             return;
         };
         // An actor that dies during its drain is not replaced: the drain's
@@ -238,12 +307,12 @@ impl Handler<PeerDied> for Supervisor {
         if entry.generation != msg.generation || entry.shared.state() == PeerState::Draining {
             return;
         }
-        let generation = entry.generation + 1;
         let shared = entry.shared.clone();
+        let generation = self.generation();
         metrics::actor_restart(ActorKind::Peer);
         tracing::error!(peer = %shared.name(), generation, "PeerActor stopped unexpectedly; restarting it");
         let addr = self.spawn_actor(&shared, generation, ctx);
-        if let Some(entry) = self.peers.get_mut(&msg.id) {
+        if let Some(entry) = self.peers.get_mut(&msg.name) {
             entry.addr = addr;
             entry.generation = generation;
         }
@@ -256,8 +325,8 @@ impl Handler<DialPeer> for Supervisor {
     fn handle(&mut self, msg: DialPeer, _ctx: &mut Self::Context) -> Self::Result {
         let entry = self
             .peers
-            .get(&msg.id)
-            .ok_or_else(|| PoolError::UnknownPeer(msg.id.to_string()))?;
+            .get(&msg.name)
+            .ok_or_else(|| PoolError::UnknownPeer(msg.name.clone()))?;
         entry.addr.do_send(Dial { reply: msg.reply });
         Ok(())
     }
@@ -271,7 +340,7 @@ impl Handler<Shutdown> for Supervisor {
         let drains: Vec<_> = self
             .peers
             .values()
-            .map(|e| Supervisor::drain(e, codes::GOING_AWAY, msg.timeout))
+            .map(|e| Supervisor::drain(e, codes::GOING_AWAY, msg.timeout, true))
             .collect();
         let endpoint = self.node.endpoint.clone();
         Box::pin(
@@ -288,9 +357,9 @@ impl Handler<Shutdown> for Supervisor {
             }
             .into_actor(self)
             .map(|_, act, ctx| {
-                let ids: Vec<PeerId> = act.peers.keys().copied().collect();
-                for id in ids {
-                    act.forget(&id);
+                let names: Vec<String> = act.peers.keys().cloned().collect();
+                for name in names {
+                    act.forget(&name);
                 }
                 ctx.stop()
             }),
@@ -305,11 +374,11 @@ mod hooks {
     use crate::actors::messages::hooks::{InjectPanic, Inspect, InspectPeer, PanicPeer};
 
     impl Supervisor {
-        fn actor(&self, id: &PeerId) -> Result<Addr<PeerActor>, PoolError> {
+        fn actor(&self, name: &str) -> Result<Addr<PeerActor>, PoolError> {
             self.peers
-                .get(id)
+                .get(name)
                 .map(|e| e.addr.clone())
-                .ok_or_else(|| PoolError::UnknownPeer(id.to_string()))
+                .ok_or_else(|| PoolError::UnknownPeer(name.to_string()))
         }
     }
 

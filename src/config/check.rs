@@ -26,8 +26,9 @@ impl fmt::Display for PeerProblem {
 }
 
 /// Checks one peer entry on its own (uniqueness among peers is the caller's
-/// to check). `own_id` is this node's id, when known.
-pub fn check_peer(peer: &PeerConfig, own_id: Option<PeerId>) -> Vec<PeerProblem> {
+/// to check). `own_id` is this node's id, when known; `ca` whether the node
+/// trusts a CA (`[trust] ca`), without which every peer must be pinned.
+pub fn check_peer(peer: &PeerConfig, own_id: Option<PeerId>, ca: bool) -> Vec<PeerProblem> {
     let mut p = Vec::new();
     if let Err(message) = check_peer_name(&peer.name) {
         p.push(PeerProblem {
@@ -35,13 +36,20 @@ pub fn check_peer(peer: &PeerConfig, own_id: Option<PeerId>) -> Vec<PeerProblem>
             message,
         });
     }
-    if own_id == Some(peer.id) {
+    let pinned = peer.pinned_ids();
+    if pinned.is_empty() && !ca {
         p.push(PeerProblem {
             field: "id",
-            message: format!("{} is this node's own id; list other nodes here", peer.id),
+            message: "give the peer's id (or ids), or set [trust] ca to accept any certificate of a CA that names it".into(),
         });
     }
-    if peer.addr.is_some_and(|a| a.port() == 0) {
+    if let Some(own) = own_id.filter(|own| pinned.contains(own)) {
+        p.push(PeerProblem {
+            field: if peer.id == Some(own) { "id" } else { "ids" },
+            message: format!("{own} is this node's own id; list other nodes here"),
+        });
+    }
+    if peer.addr.as_ref().is_some_and(|a| a.port() == 0) {
         p.push(PeerProblem {
             field: "addr",
             message: "port 0 cannot be dialled; give the peer's node.listen port".into(),
@@ -51,7 +59,7 @@ pub fn check_peer(peer: &PeerConfig, own_id: Option<PeerId>) -> Vec<PeerProblem>
 }
 
 /// A peer name: unique per node, used as a metric label.
-fn check_peer_name(name: &str) -> Result<(), String> {
+pub fn check_peer_name(name: &str) -> Result<(), String> {
     let ok_len = (1..=32).contains(&name.len());
     let ok_chars = name
         .bytes()
@@ -87,6 +95,7 @@ impl Config {
         self.check_pool(&mut p);
         self.check_retry(&mut p);
         self.check_admin(&mut p);
+        self.check_discovery_and_outliers(&mut p);
         self.check_peers(&mut p, own_id);
         self.check_forwards_and_services(&mut p);
         if p.is_empty() {
@@ -193,11 +202,39 @@ impl Config {
         }
     }
 
+    fn check_discovery_and_outliers(&self, p: &mut Vec<Problem>) {
+        let d = &self.discovery;
+        if d.refresh_max < d.refresh_min {
+            p.push(Problem::new(
+                "discovery.refresh_max",
+                format!(
+                    "must be at least discovery.refresh_min ({}), got {}",
+                    d.refresh_min.as_secs_f64(),
+                    d.refresh_max.as_secs_f64()
+                ),
+            ));
+        }
+        let o = &self.outlier;
+        if !(1..=1000).contains(&o.consecutive_failures) {
+            p.push(Problem::new(
+                "outlier.consecutive_failures",
+                format!("must be between 1 and 1000, got {}", o.consecutive_failures),
+            ));
+        }
+        if o.max_ejection_percent > 100 {
+            p.push(Problem::new(
+                "outlier.max_ejection_percent",
+                format!("must be between 0 and 100, got {}", o.max_ejection_percent),
+            ));
+        }
+    }
+
     fn check_peers(&self, p: &mut Vec<Problem>, own_id: Option<PeerId>) {
+        let ca = !self.trust.ca.as_os_str().is_empty();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut ids: HashMap<PeerId, usize> = HashMap::new();
         for (i, peer) in self.peers.iter().enumerate() {
-            for problem in check_peer(peer, own_id) {
+            for problem in check_peer(peer, own_id, ca) {
                 p.push(Problem::new(
                     format!("peers[{i}].{}", problem.field),
                     problem.message,
@@ -209,11 +246,13 @@ impl Config {
                     format!("duplicate name {:?} (also peers[{first}])", peer.name),
                 ));
             }
-            if let Some(first) = ids.insert(peer.id, i) {
-                p.push(Problem::new(
-                    format!("peers[{i}].id"),
-                    format!("duplicate id {} (also peers[{first}])", peer.id),
-                ));
+            for id in peer.pinned_ids() {
+                if let Some(first) = ids.insert(id, i).filter(|first| *first != i) {
+                    p.push(Problem::new(
+                        format!("peers[{i}].id"),
+                        format!("duplicate id {id} (also peers[{first}])"),
+                    ));
+                }
             }
         }
     }
@@ -240,6 +279,12 @@ impl Config {
             if let Err(msg) = check_service_name(&f.service) {
                 p.push(Problem::new(format!("forward[{i}].service"), msg));
             }
+            if f.retries > 10 {
+                p.push(Problem::new(
+                    format!("forward[{i}].retries"),
+                    format!("must be between 0 and 10, got {}", f.retries),
+                ));
+            }
             if f.listen.port() != 0 {
                 if let Some(other) = tcp_listens.insert(f.listen, format!("forward[{i}].listen")) {
                     p.push(Problem::new(
@@ -259,6 +304,22 @@ impl Config {
                     format!("service[{i}].name"),
                     format!("duplicate service {:?} (also service[{first}])", s.name),
                 ));
+            }
+            if s.allow.as_ref().is_some_and(Vec::is_empty) {
+                p.push(Problem::new(
+                    format!("service[{i}].allow"),
+                    "is empty, so no peer could open the service; name the peers, or remove the key to allow every peer",
+                ));
+            }
+            for (j, allowed) in s.allow.iter().flatten().enumerate() {
+                if !self.peers.iter().any(|peer| &peer.name == allowed) {
+                    p.push(Problem::new(
+                        format!("service[{i}].allow[{j}]"),
+                        format!(
+                            "names no peer: {allowed:?} is not the name of any [[peers]] entry"
+                        ),
+                    ));
+                }
             }
             if s.upstream.port() == 0 {
                 p.push(Problem::new(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::schema::{Config, MAX_CONFIG_BYTES};
+use crate::identity::ca::Trust;
 use crate::identity::Identity;
 
 /// One thing wrong with a config: where, and what.
@@ -72,11 +73,14 @@ impl ConfigError {
     }
 }
 
-/// A config that passed validation, with paths resolved and the identity loaded.
+/// A config that passed validation, with paths resolved, the identity and
+/// the trusted CAs loaded.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub identity: Identity,
+    /// `[trust] ca`, when set.
+    pub trust: Option<Trust>,
 }
 
 impl Config {
@@ -116,16 +120,28 @@ impl Config {
         let mut config = Config::parse(text)?;
         config.node.cert = base.join(&config.node.cert);
         config.node.key = base.join(&config.node.key);
-        let identity = Identity::load(&config.node.cert, &config.node.key);
-        let own_id = identity.as_ref().ok().map(|i| i.id);
+        let mut files = Vec::new();
+        let trust = if config.trust.ca.as_os_str().is_empty() {
+            None
+        } else {
+            config.trust.ca = base.join(&config.trust.ca);
+            Trust::load(&config.trust.ca)
+                .map_err(|e| files.push(Problem::new("trust.ca", e.to_string())))
+                .ok()
+        };
+        let identity = Identity::load_trusting(&config.node.cert, &config.node.key, trust.as_ref())
+            .map_err(|e| files.push(Problem::new("node.cert/node.key", e.to_string())))
+            .ok();
+        let own_id = identity.as_ref().map(|i| i.id);
         let mut problems = config.validate(own_id).err().unwrap_or_default();
+        problems.extend(files);
         match identity {
-            Ok(identity) if problems.is_empty() => Ok(Loaded { config, identity }),
-            Ok(_) => Err(problems),
-            Err(e) => {
-                problems.push(Problem::new("node.cert/node.key", e.to_string()));
-                Err(problems)
-            }
+            Some(identity) if problems.is_empty() => Ok(Loaded {
+                config,
+                identity,
+                trust,
+            }),
+            _ => Err(problems),
         }
     }
 
@@ -144,13 +160,16 @@ impl Config {
                 "pool" => section(&mut problems, "pool", value, &mut config.pool),
                 "retry" => section(&mut problems, "retry", value, &mut config.retry),
                 "admin" => section(&mut problems, "admin", value, &mut config.admin),
+                "discovery" => section(&mut problems, "discovery", value, &mut config.discovery),
+                "trust" => section(&mut problems, "trust", value, &mut config.trust),
+                "outlier" => section(&mut problems, "outlier", value, &mut config.outlier),
                 "peers" => array(&mut problems, "peers", value, &mut config.peers),
                 "forward" => array(&mut problems, "forward", value, &mut config.forward),
                 "service" => array(&mut problems, "service", value, &mut config.service),
                 other => problems.push(Problem::new(
                     other,
                     "unknown key; the top level allows [node], [pool], [retry], [admin], \
-                     [[peers]], [[forward]] and [[service]]",
+                     [discovery], [trust], [outlier], [[peers]], [[forward]] and [[service]]",
                 )),
             }
         }
@@ -315,7 +334,7 @@ jitter_factor = 1.5
 [[peers]]
 name = "b"
 id = "{id}"
-addr = "nowhere:1"
+addr = "nowhere"
 [[peers]]
 name = "b"
 id = "{id}"
@@ -335,7 +354,7 @@ upstream = "127.0.0.1:8080"
         assert_has_all(
             &p,
             &[
-                "peers[0].addr: \"nowhere:1\" is not an IP:PORT address",
+                "peers[0].addr: \"nowhere\" is not IP:PORT or HOST:PORT (no port",
                 "peers[2].id: must be 64 lowercase hex characters",
             ],
         );

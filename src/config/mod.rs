@@ -15,10 +15,11 @@ mod load;
 mod schema;
 mod units;
 
-pub use check::{check_peer, PeerProblem};
+pub use check::{check_peer, check_peer_name, PeerProblem};
 pub use load::{ConfigError, Loaded, Problem};
 pub use schema::{
-    AdminConfig, Config, ForwardConfig, NodeConfig, PeerConfig, PoolConfig, RetryConfig,
-    ServiceConfig, MAX_CONFIG_BYTES, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES,
+    AdminConfig, Config, DiscoveryConfig, ForwardConfig, NodeConfig, OutlierConfig, PeerAddr,
+    PeerConfig, PoolConfig, RetryConfig, ServiceConfig, TrustConfig, MAX_CONFIG_BYTES,
+    MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES,
 };
 pub use units::{parse_addr, MAX_SECS};

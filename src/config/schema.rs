@@ -25,6 +25,9 @@ pub struct Config {
     pub pool: PoolConfig,
     pub retry: RetryConfig,
     pub admin: AdminConfig,
+    pub discovery: DiscoveryConfig,
+    pub trust: TrustConfig,
+    pub outlier: OutlierConfig,
     pub peers: Vec<PeerConfig>,
     pub forward: Vec<ForwardConfig>,
     pub service: Vec<ServiceConfig>,
@@ -162,20 +165,203 @@ impl Default for AdminConfig {
     }
 }
 
+/// How host names in `[[peers]].addr` are re-resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Never re-resolve sooner than this, whatever the records' TTL.
+    #[serde(with = "units::positive_secs")]
+    pub refresh_min: Duration,
+    /// Never keep an answer longer than this, whatever the records' TTL.
+    #[serde(with = "units::positive_secs")]
+    pub refresh_max: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            refresh_min: Duration::from_secs(1),
+            refresh_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Certificate authorities, for peers named instead of pinned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// A PEM bundle of CA certificates; empty: no CA, every peer pinned.
+    /// A peer without ids is then any certificate that chains to one of
+    /// them, is valid now, and carries the URI SAN `peerpool://NAME`.
+    #[serde(skip_serializing_if = "crate::config::units::path_is_empty")]
+    pub ca: PathBuf,
+}
+
+/// Passive outlier detection over a peer's endpoints (as Envoy's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Failed opens, resets or failing statuses in a row that eject an
+    /// endpoint.
+    pub consecutive_failures: u32,
+    /// An ejection lasts this times the number of times it was ejected.
+    #[serde(with = "units::positive_secs")]
+    pub base_ejection_time: Duration,
+    /// Never more than this share of a peer's endpoints ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        let p = crate::pool::peer::EjectionPolicy::default();
+        OutlierConfig {
+            consecutive_failures: p.consecutive_failures,
+            base_ejection_time: p.base_time,
+            max_ejection_percent: p.max_percent,
+        }
+    }
+}
+
+impl OutlierConfig {
+    pub(crate) fn policy(&self) -> crate::pool::peer::EjectionPolicy {
+        crate::pool::peer::EjectionPolicy {
+            consecutive_failures: self.consecutive_failures,
+            base_time: self.base_ejection_time,
+            max_percent: self.max_ejection_percent,
+        }
+    }
+}
+
+/// Where a peer is dialled: an IP address, or a host name whose A and AAAA
+/// records are its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl PeerAddr {
+    pub fn port(&self) -> u16 {
+        match self {
+            PeerAddr::Ip(a) => a.port(),
+            PeerAddr::Name { port, .. } => *port,
+        }
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(a: SocketAddr) -> Self {
+        PeerAddr::Ip(a)
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Ip(a) => write!(f, "{a}"),
+            PeerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_peer_addr(s)
+    }
+}
+
+impl Serialize for PeerAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `IP:PORT`, or `HOST:PORT` with a host name of letters, digits, `-`
+/// and `.` (a DNS name, resolved at run time).
+fn parse_peer_addr(s: &str) -> Result<PeerAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(PeerAddr::Ip(a));
+    }
+    let shown = || s.chars().take(80).collect::<String>();
+    let bad = |why: &str| {
+        format!(
+            "{:?} is not IP:PORT or HOST:PORT ({why}; e.g. \"10.0.0.7:4433\", \"[::1]:4433\" or \"payments.default.svc:4433\")",
+            shown()
+        )
+    };
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+    let host = host.trim_end_matches('.');
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad("the host is no DNS name"));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(bad("the host looks like a malformed IPv4 address"));
+    }
+    Ok(PeerAddr::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
-    /// Unique, `[a-z0-9_-]{1,32}`; the metric label.
+    /// Unique, `[a-z0-9_-]{1,32}`; the metric label, and in CA mode the
+    /// name its certificates carry.
     pub name: String,
     /// The peer id a connection to this peer must present.
-    pub id: PeerId,
-    /// Without an address this node never dials the peer, only accepts it.
-    #[serde(
-        default,
-        with = "units::addr::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub addr: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<PeerId>,
+    /// More ids it may present (to roll a key without downtime).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<PeerId>,
+    /// `IP:PORT` or `HOST:PORT`; without it this node never dials the
+    /// peer, only accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<PeerAddr>,
+}
+
+impl PeerConfig {
+    /// A peer pinned to one id.
+    pub fn pinned(name: impl Into<String>, id: PeerId, addr: Option<SocketAddr>) -> PeerConfig {
+        PeerConfig {
+            name: name.into(),
+            id: Some(id),
+            ids: Vec::new(),
+            addr: addr.map(PeerAddr::Ip),
+        }
+    }
+
+    /// Every id pinned for this peer (`id`, then `ids`); none in CA mode.
+    pub fn pinned_ids(&self) -> Vec<PeerId> {
+        let mut all: Vec<PeerId> = self
+            .id
+            .into_iter()
+            .chain(self.ids.iter().copied())
+            .collect();
+        all.dedup();
+        all
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +371,25 @@ pub struct ForwardConfig {
     pub listen: SocketAddr,
     pub peer: String,
     pub service: String,
+    /// Tries on other endpoints when a stream fails before any byte of the
+    /// answer reached the client.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+impl ForwardConfig {
+    pub fn new(listen: SocketAddr, peer: impl Into<String>, service: impl Into<String>) -> Self {
+        ForwardConfig {
+            listen,
+            peer: peer.into(),
+            service: service.into(),
+            retries: default_retries(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +398,20 @@ pub struct ServiceConfig {
     pub name: String,
     #[serde(with = "units::addr")]
     pub upstream: SocketAddr,
+    /// The peers (by name) that may open it; unset: every peer this node
+    /// admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+}
+
+impl ServiceConfig {
+    pub fn new(name: impl Into<String>, upstream: SocketAddr) -> Self {
+        ServiceConfig {
+            name: name.into(),
+            upstream,
+            allow: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +419,34 @@ mod tests {
     use super::*;
 
     const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+    #[test]
+    fn peer_addresses_are_ip_or_dns_names() {
+        assert_eq!(
+            parse_peer_addr("127.0.0.1:4433"),
+            Ok(PeerAddr::Ip("127.0.0.1:4433".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_peer_addr("Payments.Test.:4433"),
+            Ok(PeerAddr::Name {
+                host: "payments.test".into(),
+                port: 4433
+            })
+        );
+        for bad in [
+            "payments",
+            "payments:",
+            "payments:99999",
+            "-x.test:1",
+            "a..b:1",
+            "10.0.0.300:1",
+            ":80",
+            "a b:1",
+        ] {
+            assert!(parse_peer_addr(bad).is_err(), "{bad}");
+        }
+        assert!(parse_peer_addr("nowhere").unwrap_err().contains("no port"));
+    }
 
     #[test]
     fn default_toml_is_the_default_config() {

@@ -67,6 +67,11 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// For `skip_serializing_if`: an empty path means "not set".
+pub(crate) fn path_is_empty(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
 /// `SocketAddr` as `IP:PORT` text.
 pub(crate) mod addr {
     use super::*;
@@ -78,27 +83,6 @@ pub(crate) mod addr {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let s = String::deserialize(d)?;
         parse_addr(&s).map_err(serde::de::Error::custom)
-    }
-
-    pub(crate) mod option {
-        use super::*;
-
-        pub(crate) fn serialize<S: Serializer>(
-            a: &Option<SocketAddr>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match a {
-                Some(a) => s.collect_str(a),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<SocketAddr>, D::Error> {
-            let s = String::deserialize(d)?;
-            parse_addr(&s).map(Some).map_err(serde::de::Error::custom)
-        }
     }
 }
 

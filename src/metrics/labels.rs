@@ -80,6 +80,10 @@ labels! {
     /// Why a handshake was refused.
     HandshakeReason {
         WrongId => "wrong_id",
+        /// A CA-issued certificate naming another peer than the one dialled.
+        WrongName => "wrong_name",
+        /// Not self-signed, and no trusted CA vouches for it.
+        Untrusted => "untrusted",
         UnknownPeer => "unknown_peer",
         BadCert => "bad_cert",
         Expired => "expired",
@@ -136,6 +140,8 @@ labels! {
         UpstreamUnreachable => "upstream_unreachable",
         HeaderTimeout => "header_timeout",
         HeaderTooLarge => "header_too_large",
+        /// The service does not allow the calling peer (`allow`).
+        Forbidden => "forbidden",
         /// No stream could be opened: the peer is unreachable, and so on.
         Unreachable => "unreachable",
         NoConnection => "no_connection",
@@ -159,6 +165,34 @@ impl From<FailureReason> for TransferResult {
             FailureReason::Invalid => TransferResult::Invalid,
             FailureReason::Stopped => TransferResult::Stopped,
         }
+    }
+}
+
+labels! {
+    /// How a resolution of a peer's host name ended.
+    DnsResult {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+labels! {
+    /// Why a forwarded connection was tried again on another endpoint.
+    RetryReason {
+        /// No stream could be opened on the endpoint.
+        OpenFailed => "open_failed",
+        /// The serving node answered with a failing status.
+        Refused => "refused",
+        /// The stream was reset before any byte of the answer.
+        Reset => "reset",
+    }
+}
+
+labels! {
+    /// How a config reload ended.
+    ReloadResult {
+        Ok => "ok",
+        Error => "error",
     }
 }
 
@@ -192,6 +226,7 @@ macro_rules! label_of {
 }
 
 label_of!(crate::pool::PeerState);
+label_of!(crate::pool::EndpointState);
 label_of!(crate::pool::Direction);
 label_of!(crate::pool::Strategy);
 
@@ -224,6 +259,10 @@ mod tests {
         distinct_and_indexed::<TransferResult>();
         distinct_and_indexed::<Flow>();
         distinct_and_indexed::<ActorKind>();
+        distinct_and_indexed::<DnsResult>();
+        distinct_and_indexed::<RetryReason>();
+        distinct_and_indexed::<ReloadResult>();
+        distinct_and_indexed::<crate::pool::EndpointState>();
         distinct_and_indexed::<crate::pool::PeerState>();
         distinct_and_indexed::<crate::pool::Direction>();
         distinct_and_indexed::<crate::pool::Strategy>();

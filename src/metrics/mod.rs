@@ -27,8 +27,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
 use labels::{
-    list, ActorKind, CloseReason, DialResult, FailureReason, HandshakeReason, InboundRefused,
-    Label, TransferResult,
+    list, ActorKind, CloseReason, DialResult, DnsResult, FailureReason, HandshakeReason,
+    InboundRefused, Label, ReloadResult, RetryReason, TransferResult,
 };
 
 pub const BUILD_INFO: &str = "peerpool_build_info";
@@ -55,6 +55,11 @@ pub const FORWARD_DURATION: &str = "peerpool_forward_duration_seconds";
 pub const ACTOR_RESTARTS: &str = "peerpool_actor_restarts_total";
 pub const PEER_STATE: &str = "peerpool_peer_state";
 pub const READY: &str = "peerpool_ready";
+pub const ENDPOINTS: &str = "peerpool_endpoints";
+pub const EJECTIONS: &str = "peerpool_ejections_total";
+pub const DNS_RESOLUTIONS: &str = "peerpool_dns_resolutions_total";
+pub const RETRIES: &str = "peerpool_retries_total";
+pub const CONFIG_RELOADS: &str = "peerpool_config_reloads_total";
 
 /// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s, two
 /// per decade (every bucket is a series per peer, and series cost render
@@ -236,6 +241,38 @@ fn describe() {
         READY,
         "1 when every peer with an address has a usable connection (as GET /readyz), else 0."
     );
+    describe_gauge!(
+        ENDPOINTS,
+        format!(
+            "A peer's endpoints by state ({}).",
+            list::<crate::pool::EndpointState>()
+        )
+    );
+    describe_counter!(
+        EJECTIONS,
+        "Endpoints ejected by outlier detection (outlier.consecutive_failures in a row)."
+    );
+    describe_counter!(
+        DNS_RESOLUTIONS,
+        format!(
+            "Resolutions of a peer's host name, by result ({}).",
+            list::<DnsResult>()
+        )
+    );
+    describe_counter!(
+        RETRIES,
+        format!(
+            "Forwarded connections retried on another endpoint, by reason ({}).",
+            list::<RetryReason>()
+        )
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        format!(
+            "Config reloads (SIGHUP, POST /reload), by result ({}).",
+            list::<ReloadResult>()
+        )
+    );
 }
 
 /// Counts a handshake refused for `reason`.
@@ -246,6 +283,11 @@ pub(crate) fn handshake_failure(reason: HandshakeReason) {
 /// Counts an inbound connection refused after its handshake.
 pub(crate) fn inbound_refused(reason: InboundRefused) {
     metrics::counter!(INBOUND_REFUSED, "reason" => reason.as_str()).increment(1);
+}
+
+/// Counts a config reload.
+pub(crate) fn config_reload(result: ReloadResult) {
+    metrics::counter!(CONFIG_RELOADS, "result" => result.as_str()).increment(1);
 }
 
 /// Counts an actor restart.
@@ -307,6 +349,10 @@ mod tests {
             FORWARD_CONNECTIONS,
             SERVICE_STREAMS,
             ACTOR_RESTARTS,
+            EJECTIONS,
+            DNS_RESOLUTIONS,
+            RETRIES,
+            CONFIG_RELOADS,
         ];
         for c in counters {
             assert!(c.starts_with("peerpool_") && c.ends_with("_total"), "{c}");

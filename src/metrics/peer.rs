@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 
-use super::labels::{CloseReason, DialResult, FailureReason, Flow, Label};
+use super::labels::{CloseReason, DialResult, DnsResult, FailureReason, Flow, Label};
 use super::series::LabelledCounter;
 use super::*;
-use crate::pool::{Direction, PeerState, Strategy};
+use crate::pool::{Direction, EndpointState, PeerState, Strategy};
 
 pub(crate) struct PeerMetrics {
     connections: [Gauge; 2],
@@ -24,6 +24,12 @@ pub(crate) struct PeerMetrics {
     dials: LabelledCounter<DialResult>,
     closed: LabelledCounter<CloseReason>,
     restarts: LabelledCounter<CloseReason>,
+    /// Created at the first resolution (peers with a host name) and the
+    /// first ejection: no series for what a peer never does.
+    dns: std::sync::OnceLock<LabelledCounter<DnsResult>>,
+    ejections: std::sync::OnceLock<Counter>,
+    /// `peerpool_endpoints` by state, created when a state first occurs.
+    endpoints: [std::sync::OnceLock<Gauge>; EndpointState::ALL.len()],
     /// The `peerpool_peer_state` series of the current state.
     state: Mutex<Option<Gauge>>,
     peer: String,
@@ -53,6 +59,9 @@ impl PeerMetrics {
             dials: LabelledCounter::new(DIAL_ATTEMPTS, family(), "result"),
             closed: LabelledCounter::new(CONNECTION_CLOSED, family(), "reason"),
             restarts: LabelledCounter::new(CONNECTION_RESTARTS, family(), "reason"),
+            dns: std::sync::OnceLock::new(),
+            ejections: std::sync::OnceLock::new(),
+            endpoints: Default::default(),
             state: Mutex::new(None),
             dial_duration: HistogramKey::new(DIAL_DURATION, "peer", peer),
             open_duration: HistogramKey::new(STREAM_OPEN_DURATION, "peer", peer),
@@ -112,6 +121,36 @@ impl PeerMetrics {
         self.restarts.increment(reason);
     }
 
+    pub(crate) fn dns_resolution(&self, result: DnsResult) {
+        self.dns
+            .get_or_init(|| {
+                let family = vec![metrics::Label::new("peer", self.peer.clone())];
+                LabelledCounter::new(DNS_RESOLUTIONS, family, "result")
+            })
+            .increment(result);
+    }
+
+    pub(crate) fn ejection(&self) {
+        self.ejections
+            .get_or_init(|| metrics::counter!(EJECTIONS, "peer" => self.peer.clone()))
+            .increment(1);
+    }
+
+    /// Sets `peerpool_endpoints`: how many endpoints are in each state (a
+    /// state's series exists from the first time it occurs).
+    pub(crate) fn set_endpoints(&self, by_state: &[usize; EndpointState::ALL.len()]) {
+        for s in EndpointState::ALL {
+            let n = by_state[s.index()];
+            let cell = &self.endpoints[s.index()];
+            if n > 0 || cell.get().is_some() {
+                cell.get_or_init(|| {
+                    metrics::gauge!(ENDPOINTS, "peer" => self.peer.clone(), "state" => s.as_str())
+                })
+                .set(n as f64);
+            }
+        }
+    }
+
     /// Marks every counter and gauge of this peer as alive so the idle
     /// timeout keeps them.
     pub(crate) fn touch(&self) {
@@ -137,6 +176,15 @@ impl PeerMetrics {
         self.dials.touch();
         self.closed.touch();
         self.restarts.touch();
+        if let Some(d) = self.dns.get() {
+            d.touch();
+        }
+        if let Some(e) = self.ejections.get() {
+            e.increment(0);
+        }
+        for g in self.endpoints.iter().filter_map(std::sync::OnceLock::get) {
+            g.increment(0.0);
+        }
     }
 }
 

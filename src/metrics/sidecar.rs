@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use super::labels::TransferResult;
+use super::labels::{RetryReason, TransferResult};
 use super::series::LabelledCounter;
 use super::*;
 
 /// One `[[forward]]`: its results and connection lifetimes.
 pub(crate) struct ForwardMetrics {
     results: LabelledCounter<TransferResult>,
+    retries: LabelledCounter<RetryReason>,
     duration: HistogramKey,
 }
 
@@ -22,6 +23,11 @@ impl ForwardMetrics {
                 vec![metrics::Label::new("forward", label.to_string())],
                 "result",
             ),
+            retries: LabelledCounter::new(
+                RETRIES,
+                vec![metrics::Label::new("forward", label.to_string())],
+                "reason",
+            ),
             duration: HistogramKey::new(FORWARD_DURATION, "forward", label),
         }
     }
@@ -31,8 +37,13 @@ impl ForwardMetrics {
         self.duration.record(lifetime);
     }
 
+    pub(crate) fn retried(&self, reason: RetryReason) {
+        self.retries.increment(reason);
+    }
+
     pub(crate) fn touch(&self) {
         self.results.touch();
+        self.retries.touch();
     }
 }
 

@@ -129,6 +129,60 @@ impl Balancer {
     }
 }
 
+/// What the endpoint balancer knows about one of a peer's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointLoad {
+    /// Peak-EWMA of the time from stream open to the first response byte,
+    /// in seconds (0 before the first sample).
+    pub latency: f64,
+    /// Streams this node has open on it.
+    pub in_flight: usize,
+}
+
+impl EndpointLoad {
+    /// Latency weighted by load: what one more stream is expected to cost.
+    pub fn cost(&self) -> f64 {
+        self.latency.max(0.0) * (self.in_flight as f64 + 1.0)
+    }
+}
+
+/// Costs closer than this ratio count as equal: on endpoints that are alike,
+/// latency differences are noise, and letting noise decide every pick would
+/// herd traffic onto whichever endpoint had the lucky sample.
+pub const COST_DEAD_BAND: f64 = 1.25;
+
+/// Which endpoint carries the next stream: power of two choices, the
+/// cheaper of two picked at random by [`EndpointLoad::cost`]; when their
+/// costs are within [`COST_DEAD_BAND`], the one with fewer streams in
+/// flight, and a coin toss between equals.
+pub fn pick_endpoint<R: Rng + ?Sized>(loads: &[EndpointLoad], rng: &mut R) -> Option<usize> {
+    let n = loads.len();
+    if n <= 1 {
+        return (n == 1).then_some(0);
+    }
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (ca, cb) = (loads[a].cost(), loads[b].cost());
+    let (lo, hi) = (ca.min(cb), ca.max(cb));
+    if hi > lo * COST_DEAD_BAND && hi > 0.0 {
+        return Some(if ca <= cb { a } else { b });
+    }
+    Some(match loads[a].in_flight.cmp(&loads[b].in_flight) {
+        std::cmp::Ordering::Less => a,
+        std::cmp::Ordering::Greater => b,
+        std::cmp::Ordering::Equal => {
+            if rng.random_bool(0.5) {
+                a
+            } else {
+                b
+            }
+        }
+    })
+}
+
 /// Peak-sensitive EWMA of RTT (linkerd and Finagle): a sample above the
 /// current value replaces it at once, so a slow connection is avoided
 /// immediately; lower samples pull it down with time constant `tau`.
@@ -175,7 +229,9 @@ impl PeakEwma {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_assume, proptest};
+    use proptest::prelude::{
+        any, prop_assert, prop_assert_eq, prop_assert_ne, prop_assume, proptest,
+    };
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
 
@@ -246,7 +302,73 @@ mod tests {
         assert!(e.value() < 0.002, "{}", e.value());
     }
 
+    fn ep(latency: f64, in_flight: usize) -> EndpointLoad {
+        EndpointLoad { latency, in_flight }
+    }
+
+    #[test]
+    fn alike_endpoints_share_the_streams_evenly() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        // Ten streams in flight; latency noise within the dead band.
+        let mut count = [0usize; 3];
+        let mut in_flight = [0usize; 3];
+        let mut open = std::collections::VecDeque::new();
+        for i in 0..3000 {
+            let loads: Vec<EndpointLoad> = (0..3)
+                .map(|e| ep(0.001 * (1.0 + 0.1 * ((i + e) % 3) as f64), in_flight[e]))
+                .collect();
+            let e = pick_endpoint(&loads, &mut rng).unwrap();
+            count[e] += 1;
+            in_flight[e] += 1;
+            open.push_back(e);
+            if open.len() > 10 {
+                let done = open.pop_front().unwrap();
+                in_flight[done] -= 1;
+            }
+        }
+        for c in count {
+            assert!((900..=1100).contains(&c), "{count:?}");
+        }
+    }
+
+    #[test]
+    fn a_slow_endpoint_gets_less_and_an_idle_one_is_tried() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let loads = [ep(0.010, 0), ep(0.001, 0), ep(0.001, 0)];
+        let slow = (0..1000)
+            .filter(|_| pick_endpoint(&loads, &mut rng) == Some(0))
+            .count();
+        assert_eq!(slow, 0, "the slow one loses every comparison");
+        // Unmeasured endpoints (latency 0) compare by load.
+        let loads = [ep(0.0, 5), ep(0.0, 0)];
+        assert!((0..100).all(|_| pick_endpoint(&loads, &mut rng) == Some(1)));
+        assert_eq!(pick_endpoint(&[], &mut rng), None);
+        assert_eq!(pick_endpoint(&[ep(1.0, 9)], &mut rng), Some(0));
+    }
+
     proptest! {
+        #[test]
+        fn p2c_over_endpoints_never_picks_one_costlier_than_both_others_by_more_than_the_band(
+            lat in proptest::collection::vec(0.0001f64..0.1, 3..8),
+            seed in any::<u64>(),
+        ) {
+            let loads: Vec<EndpointLoad> = lat.iter().map(|&l| ep(l, 0)).collect();
+            let worst = (0..loads.len())
+                .max_by(|&a, &b| loads[a].cost().total_cmp(&loads[b].cost()))
+                .unwrap();
+            let second = loads
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != worst)
+                .map(|(_, l)| l.cost())
+                .fold(0.0f64, f64::max);
+            prop_assume!(loads[worst].cost() > second * COST_DEAD_BAND);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            for _ in 0..20 {
+                prop_assert_ne!(pick_endpoint(&loads, &mut rng), Some(worst));
+            }
+        }
+
         #[test]
         fn round_robin_gives_each_connection_exactly_k(n in 1usize..=64, k in 1usize..20, seed in any::<u64>()) {
             let mut b = Balancer::new(Strategy::RoundRobin);

@@ -9,6 +9,7 @@
 //! - [`backoff`]: the delay before each retry.
 //! - [`balance`]: which connection carries the next stream.
 //! - `conn`: one connection as the core knows it.
+//! - `endpoint`: one endpoint of a peer: its connections, slots, ejection.
 //! - `peer`: `PeerCore`, a peer's connections, dial plan and drain: the one
 //!   record everything else about a peer is derived from.
 //! - `limit`: the per-peer limit and the simultaneous-dial tie-break.
@@ -18,13 +19,15 @@
 pub mod backoff;
 pub mod balance;
 pub(crate) mod conn;
+pub(crate) mod endpoint;
 pub(crate) mod limit;
 pub(crate) mod peer;
+mod slot;
 pub mod state;
 pub mod time;
 
 pub use backoff::RetryPolicy;
-pub use balance::{Balancer, Load, PeakEwma, Strategy};
+pub use balance::{pick_endpoint, Balancer, EndpointLoad, Load, PeakEwma, Strategy};
 pub use conn::{ConnKey, Direction};
-pub use state::PeerState;
+pub use state::{EndpointState, PeerState};
 pub use time::Time;

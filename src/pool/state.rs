@@ -4,9 +4,9 @@
 //! | state         | derived from                                                    | streams  |
 //! |---------------|-----------------------------------------------------------------|----------|
 //! | `draining`    | the peer is being removed or the node shuts down                 | refused  |
-//! | `healthy`     | at least N usable connections                                    | served   |
-//! | `degraded`    | 1 to N-1 usable connections                                      | served   |
-//! | `unreachable` | no connection, a dial ran out of attempts, no other dial pending | fail fast|
+//! | `healthy`     | every endpoint taking streams holds N usable connections         | served   |
+//! | `degraded`    | some usable connection, but not N on every endpoint              | served   |
+//! | `unreachable` | no connection, every dial ran out of attempts, none pending      | fail fast|
 //! | `connecting`  | anything else: no usable connection yet, dialling or waiting     | wait     |
 
 use serde::{Deserialize, Serialize};
@@ -21,16 +21,17 @@ pub enum PeerState {
     Draining,
 }
 
-/// What a peer's state is derived from.
+/// What a peer's state is derived from (over all its endpoints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StateFacts {
     pub(crate) draining: bool,
     /// Connections that take new streams (not being retired).
     pub(crate) usable: usize,
-    /// N.
-    pub(crate) target: usize,
-    /// No connection at all, a dial ran out of attempts and no dial with
-    /// attempts left is under way or scheduled.
+    /// Every endpoint that takes new streams holds N usable connections,
+    /// and there is at least one.
+    pub(crate) all_full: bool,
+    /// No connection at all, and every endpoint this node dials ran out of
+    /// attempts with no dial with attempts left under way or scheduled.
     pub(crate) unreachable: bool,
 }
 
@@ -57,7 +58,7 @@ impl PeerState {
     pub(crate) fn derive(f: StateFacts) -> PeerState {
         if f.draining {
             PeerState::Draining
-        } else if f.usable >= f.target.max(1) {
+        } else if f.all_full && f.usable > 0 {
             PeerState::Healthy
         } else if f.usable > 0 {
             PeerState::Degraded
@@ -65,6 +66,47 @@ impl PeerState {
             PeerState::Unreachable
         } else {
             PeerState::Connecting
+        }
+    }
+}
+
+/// One endpoint of a peer, as `/peers` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointState {
+    /// No usable connection yet; dialling or waiting to be dialled.
+    Connecting,
+    /// Holds N usable connections.
+    Healthy,
+    /// Holds 1 to N-1 usable connections.
+    Degraded,
+    /// No connection, its dial ran out of attempts; probing.
+    Unreachable,
+    /// Taken out of the balancing for a while by outlier detection.
+    Ejected,
+    /// Gone from the peer's address set, or announced its drain: finishing
+    /// what runs on it, taking nothing new.
+    Draining,
+}
+
+impl EndpointState {
+    pub const ALL: [EndpointState; 6] = [
+        EndpointState::Connecting,
+        EndpointState::Healthy,
+        EndpointState::Degraded,
+        EndpointState::Unreachable,
+        EndpointState::Ejected,
+        EndpointState::Draining,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Connecting => "connecting",
+            EndpointState::Healthy => "healthy",
+            EndpointState::Degraded => "degraded",
+            EndpointState::Unreachable => "unreachable",
+            EndpointState::Ejected => "ejected",
+            EndpointState::Draining => "draining",
         }
     }
 }
@@ -83,17 +125,17 @@ mod tests {
     fn every_state_has_exactly_the_facts_that_define_it() {
         for draining in [false, true] {
             for unreachable in [false, true] {
-                for target in 1..=4 {
-                    for usable in 0..=target + 1 {
+                for all_full in [false, true] {
+                    for usable in 0..=3 {
                         let f = StateFacts {
                             draining,
                             usable,
-                            target,
+                            all_full,
                             unreachable,
                         };
                         let expected = match () {
                             _ if draining => PeerState::Draining,
-                            _ if usable >= target => PeerState::Healthy,
+                            _ if all_full && usable > 0 => PeerState::Healthy,
                             _ if usable > 0 => PeerState::Degraded,
                             _ if unreachable => PeerState::Unreachable,
                             _ => PeerState::Connecting,
@@ -112,6 +154,14 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", a.as_str()));
             assert_eq!(serde_json::from_str::<PeerState>(&json).unwrap(), *a);
             for b in &PeerState::ALL[i + 1..] {
+                assert_ne!(a.as_str(), b.as_str());
+            }
+        }
+        for (i, a) in EndpointState::ALL.iter().enumerate() {
+            let json = serde_json::to_string(a).unwrap();
+            assert_eq!(json, format!("\"{}\"", a.as_str()));
+            assert_eq!(serde_json::from_str::<EndpointState>(&json).unwrap(), *a);
+            for b in &EndpointState::ALL[i + 1..] {
                 assert_ne!(a.as_str(), b.as_str());
             }
         }

@@ -8,6 +8,7 @@
 //! | `GET /peers` | every peer's status as JSON |
 //! | `POST /peers` | `{"name","id","addr"}`: 201, 400, 409 |
 //! | `DELETE /peers/{name}` | drains and removes: 202, 404 |
+//! | `POST /reload` | reads the config file again: 200 with what changed, 400 naming the problems (nothing changed), 409 without a file |
 //!
 //! With `admin.token` set, everything but `/healthz` answers 401 without
 //! `Authorization: Bearer <token>`.
@@ -21,6 +22,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use super::reload::{Live, ReloadError};
 use crate::config::PeerConfig;
 use crate::{Pool, PoolError};
 
@@ -29,6 +33,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 struct AdminState {
     pool: Pool,
+    /// What a reload changes; `None` for a bare pool (no reload).
+    live: Option<Arc<Live>>,
     metrics: PrometheusHandle,
     process: metrics_process::Collector,
 }
@@ -52,10 +58,31 @@ pub fn start(
     metrics: PrometheusHandle,
     token: String,
 ) -> std::io::Result<ServerHandle> {
+    serve(listener, pool, None, metrics, token)
+}
+
+/// The admin server of a sidecar node, with `POST /reload`.
+pub(crate) fn start_node(
+    listener: TcpListener,
+    live: Arc<Live>,
+    metrics: PrometheusHandle,
+    token: String,
+) -> std::io::Result<ServerHandle> {
+    serve(listener, live.pool.clone(), Some(live), metrics, token)
+}
+
+fn serve(
+    listener: TcpListener,
+    pool: Pool,
+    live: Option<Arc<Live>>,
+    metrics: PrometheusHandle,
+    token: String,
+) -> std::io::Result<ServerHandle> {
     let process = metrics_process::Collector::default();
     process.describe();
     let state = web::Data::new(AdminState {
         pool,
+        live,
         metrics,
         process,
     });
@@ -87,6 +114,7 @@ pub fn start(
             .route("/peers", web::get().to(list_peers))
             .route("/peers", web::post().to(add_peer))
             .route("/peers/{name}", web::delete().to(remove_peer))
+            .route("/reload", web::post().to(reload))
             .default_service(web::to(|| async {
                 error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
             }))
@@ -202,4 +230,20 @@ async fn remove_peer(state: web::Data<AdminState>, name: web::Path<String>) -> H
         }
     });
     HttpResponse::Accepted().json(serde_json::json!({ "removing": name }))
+}
+
+async fn reload(state: web::Data<AdminState>) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let Some(live) = &state.live else {
+        return error(StatusCode::CONFLICT, ReloadError::NoFile.to_string());
+    };
+    match live.reload_file().await {
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(ReloadError::Invalid(problems)) => HttpResponse::BadRequest().json(serde_json::json!({
+            "error": "the config file is not valid; nothing changed",
+            "problems": problems,
+        })),
+        Err(e @ ReloadError::NoFile) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }

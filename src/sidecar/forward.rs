@@ -1,81 +1,391 @@
 //! `[[forward]]`: every TCP connection accepted on `listen` becomes one
 //! stream to `peer` (opened through the pool, so by strategy) asking for
 //! `service`.
+//!
+//! Safe retry: until the first byte of the answer reaches the client, the
+//! client's bytes are kept (up to [`RETRY_BUFFER`]); a stream that fails
+//! before that (no stream, a failing status, a reset) is tried again on
+//! another endpoint of the peer, up to `retries` times and only while
+//! `pool.stream_open_timeout` since the accept has not passed. Once a byte
+//! of the answer reached the client, or the client sent more than
+//! [`RETRY_BUFFER`] before any answer, nothing is retried: a failure then
+//! resets the client's connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-use super::header;
-use super::pipe::{self, Outcome};
+use super::header::{self, Status};
+use super::pipe::{self, Fault, Outcome, Started, PIPE_BUFFER};
 use crate::config::ForwardConfig;
-use crate::metrics::labels::TransferResult;
+use crate::metrics::labels::{RetryReason, TransferResult};
 use crate::metrics::sidecar::ForwardMetrics;
-use crate::Pool;
+use crate::{Pool, PoolError, PooledRecv, PooledSend, PooledStream, StreamOutcome};
 
-/// Accepts TCP connections until the task is aborted (on shutdown).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    config: ForwardConfig,
-    pool: Pool,
-    metrics: Arc<ForwardMetrics>,
-) {
-    let Some(head) = header::encode(&config.service) else {
-        tracing::error!(forward = %config.listen, service = %config.service, "service name cannot be sent; forward disabled");
-        return;
-    };
-    let head: Arc<[u8]> = head.into();
-    let config = Arc::new(config);
+/// Client bytes kept for a retry before the answer starts; a client that
+/// sends more before any answer is not retried.
+pub(crate) const RETRY_BUFFER: usize = 64 * 1024;
+
+/// How long a stream the serving node stopped may take to say why.
+const ANSWER_AFTER_STOP: Duration = Duration::from_secs(1);
+
+/// Accepts TCP connections until the task is aborted (on shutdown, or when
+/// a reload removes the forward). Each connection is forwarded by the
+/// forward's settings at its accept: a reload that changes them sends new
+/// ones on `settings`.
+pub(crate) async fn serve(listener: TcpListener, settings: watch::Receiver<Arc<Forward>>) {
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(forward_one(
-                    tcp,
-                    pool.clone(),
-                    config.clone(),
-                    head.clone(),
-                    metrics.clone(),
-                ));
+                let forward = settings.borrow().clone();
+                tokio::spawn(forward.one(tcp));
             }
             Err(e) => {
                 // Out of file descriptors and the like: keep serving.
-                tracing::warn!(forward = %config.listen, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let listen = settings.borrow().config.listen;
+                tracing::warn!(forward = %listen, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn forward_one(
-    tcp: TcpStream,
+/// One `[[forward]]`'s settings.
+pub(crate) struct Forward {
+    pub(crate) config: ForwardConfig,
+    head: Bytes,
     pool: Pool,
-    config: Arc<ForwardConfig>,
-    head: Arc<[u8]>,
     metrics: Arc<ForwardMetrics>,
-) {
-    let started = Instant::now();
-    let result = match pool.open_stream_to(&config.peer).await {
-        Err(e) => {
-            tracing::debug!(forward = %config.listen, peer = %config.peer, error = %e, "no stream for a TCP connection");
-            pipe::abort(tcp);
-            e.reason().into()
+    /// How long after the accept a retry may still start.
+    budget: Duration,
+}
+
+impl Forward {
+    /// `None` when the service name cannot be sent (`check` refuses such
+    /// a config).
+    pub(crate) fn new(
+        config: ForwardConfig,
+        pool: Pool,
+        metrics: Arc<ForwardMetrics>,
+    ) -> Option<Forward> {
+        let head = header::encode(&config.service)?;
+        Some(Forward {
+            head: head.into(),
+            budget: pool.config().pool.stream_open_timeout,
+            config,
+            pool,
+            metrics,
+        })
+    }
+}
+
+/// The client's side of a forwarded connection.
+struct Client {
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    /// While `replayable`, every byte the client sent; after, only those
+    /// not yet written to the stream.
+    buf: Vec<u8>,
+    replayable: bool,
+    /// The client sent its FIN (after the bytes in `buf`).
+    fin: bool,
+    /// Bytes written to the stream before `buf` (when not replayable).
+    flushed: u64,
+}
+
+impl Client {
+    fn new(tcp: TcpStream) -> Client {
+        let (r, w) = tcp.into_split();
+        Client {
+            r,
+            w,
+            buf: Vec::new(),
+            replayable: true,
+            fin: false,
+            flushed: 0,
         }
-        Ok(stream) => {
-            let (mut send, recv) = stream.into_split();
-            if send.write_all(&head).await.is_err() {
-                pipe::abort(tcp);
-                TransferResult::StreamReset
-            } else {
-                let outcome = pipe::pipe(tcp, send, recv, true).await;
-                if !matches!(outcome, Outcome::Done { .. }) {
-                    tracing::debug!(forward = %config.listen, peer = %config.peer, ?outcome, "forwarded connection failed");
+    }
+
+    fn abort(self) {
+        pipe::reset_tcp(self.r, self.w);
+    }
+}
+
+/// How one try of a stream went.
+enum Try {
+    /// The answer began (or ended empty): pipe the rest.
+    Answered {
+        send: PooledSend,
+        recv: PooledRecv,
+        started: Started,
+        outcome: StreamOutcome,
+    },
+    /// It failed before the answer began and may be tried elsewhere; if it
+    /// is not, the connection ends as `otherwise`.
+    Failed {
+        reason: RetryReason,
+        endpoint: SocketAddr,
+        otherwise: Outcome,
+    },
+    /// It ended and must not be tried again (the client's connection was
+    /// reset or got its answer).
+    Over(Outcome),
+}
+
+/// What the serving node sent first.
+enum Answer {
+    Data(Bytes),
+    End,
+}
+
+impl Forward {
+    async fn one(self: Arc<Self>, tcp: TcpStream) {
+        let accepted = Instant::now();
+        let result = self.run(Client::new(tcp), accepted).await;
+        self.metrics.record(result, accepted.elapsed());
+    }
+
+    async fn run(&self, mut client: Client, accepted: Instant) -> TransferResult {
+        let deadline = accepted + self.budget;
+        let mut avoid: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0u32;
+        loop {
+            let may_retry = |client: &Client| {
+                client.replayable && retries < self.config.retries && Instant::now() < deadline
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let opened = tokio::time::timeout(
+                left,
+                self.pool.open_stream_avoiding(&self.config.peer, &avoid),
+            )
+            .await;
+            let stream = match opened {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    // A connection lost under the open is worth another
+                    // try; a peer that is unreachable, draining or unknown
+                    // is the same on the next.
+                    if matches!(e, PoolError::Connection { .. }) && may_retry(&client) {
+                        retries += 1;
+                        self.metrics.retried(RetryReason::OpenFailed);
+                        continue;
+                    }
+                    tracing::debug!(forward = %self.config.listen, peer = %self.config.peer, error = %e, "no stream for a TCP connection");
+                    client.abort();
+                    return e.reason().into();
                 }
-                outcome.label()
+                Err(_) => {
+                    client.abort();
+                    return TransferResult::Timeout;
+                }
+            };
+            match self.try_stream(&mut client, stream).await {
+                Try::Answered {
+                    send,
+                    recv,
+                    started,
+                    outcome,
+                } => {
+                    let ended = pipe::pipe(client.r, client.w, send, recv, started).await;
+                    match &ended {
+                        Outcome::Done { .. } => outcome.succeeded(),
+                        Outcome::QuicReset(_) => outcome.failed(),
+                        _ => {}
+                    }
+                    self.log_failure(&ended, retries);
+                    return ended.label();
+                }
+                Try::Over(ended) => {
+                    client.abort();
+                    self.log_failure(&ended, retries);
+                    return ended.label();
+                }
+                Try::Failed {
+                    reason,
+                    endpoint,
+                    otherwise,
+                } => {
+                    if may_retry(&client) {
+                        retries += 1;
+                        self.metrics.retried(reason);
+                        tracing::debug!(forward = %self.config.listen, peer = %self.config.peer, %endpoint, ?reason, "retrying on another endpoint");
+                        avoid.push(endpoint);
+                        continue;
+                    }
+                    client.abort();
+                    self.log_failure(&otherwise, retries);
+                    return otherwise.label();
+                }
             }
         }
-    };
-    metrics.record(result, started.elapsed());
+    }
+
+    fn log_failure(&self, outcome: &Outcome, retries: u32) {
+        if !matches!(outcome, Outcome::Done { .. }) {
+            tracing::debug!(forward = %self.config.listen, peer = %self.config.peer, ?outcome, retries, "forwarded connection failed");
+        }
+    }
+
+    /// Sends the header and what the client sent so far, then goes on
+    /// relaying the client's bytes until the serving node's first answer.
+    async fn try_stream(&self, client: &mut Client, stream: PooledStream) -> Try {
+        let PooledStream {
+            mut send,
+            mut recv,
+            remote,
+            outcome,
+            ..
+        } = stream;
+        let fail = |fault: Fault, send: PooledSend, recv: PooledRecv| {
+            pipe::reset_stream(send, recv);
+            if against_endpoint(fault) {
+                outcome.failed();
+            }
+            match retry_reason(fault) {
+                Some(reason) => Try::Failed {
+                    reason,
+                    endpoint: remote,
+                    otherwise: fault.outcome(),
+                },
+                None => Try::Over(fault.outcome()),
+            }
+        };
+        if let Err(e) = quinn::SendStream::write_all(&mut send, &self.head).await {
+            return fail(pipe::quic_write_fault(&e), send, recv);
+        }
+        // `sent`: bytes of `client.buf` written to this stream.
+        let mut sent = 0usize;
+        let mut finished = false;
+        let mut chunk = vec![0u8; PIPE_BUFFER];
+        let answer = {
+            let answer = first_answer(&mut recv);
+            tokio::pin!(answer);
+            loop {
+                if client.fin && sent == client.buf.len() && !finished {
+                    finished = true;
+                    let _ = send.finish();
+                }
+                let room = client.buf.len() - sent < PIPE_BUFFER;
+                tokio::select! {
+                    a = &mut answer => break Some(a),
+                    w = quinn::SendStream::write(&mut send, &client.buf[sent..]), if sent < client.buf.len() => match w {
+                        Ok(n) => sent += n,
+                        // The answer's side says how the stream ended (a
+                        // status before the stop, a reset), if it says soon.
+                        Err(e) => {
+                            let fault = pipe::quic_write_fault(&e);
+                            break Some(
+                                tokio::time::timeout(ANSWER_AFTER_STOP, &mut answer)
+                                    .await
+                                    .unwrap_or(Err(fault)),
+                            );
+                        }
+                    },
+                    r = client.r.read(&mut chunk), if !client.fin && room => match r {
+                        Ok(0) => client.fin = true,
+                        Ok(n) => {
+                            client.buf.extend_from_slice(&chunk[..n]);
+                            if client.replayable && client.buf.len() > RETRY_BUFFER {
+                                client.replayable = false;
+                            }
+                            if !client.replayable {
+                                client.flushed += sent as u64;
+                                client.buf.drain(..sent);
+                                sent = 0;
+                            }
+                        }
+                        // The client reset: nothing to answer.
+                        Err(_) => break None,
+                    },
+                }
+            }
+        };
+        let Some(answer) = answer else {
+            pipe::reset_stream(send, recv);
+            return Try::Over(Outcome::TcpReset);
+        };
+        let pending = Bytes::copy_from_slice(&client.buf[sent..]);
+        let up = client.flushed + sent as u64;
+        let (down, down_done) = match answer {
+            Err(fault) => return fail(fault, send, recv),
+            Ok(Answer::Data(first)) => {
+                // From here on the client has seen the answer: no retry.
+                client.replayable = false;
+                outcome.first_byte();
+                if client.w.write_all(&first).await.is_err() {
+                    pipe::reset_stream(send, recv);
+                    return Try::Over(Outcome::TcpReset);
+                }
+                (first.len() as u64, false)
+            }
+            Ok(Answer::End) => {
+                client.replayable = false;
+                outcome.first_byte();
+                if client.w.shutdown().await.is_err() {
+                    pipe::reset_stream(send, recv);
+                    return Try::Over(Outcome::TcpReset);
+                }
+                (0, true)
+            }
+        };
+        Try::Answered {
+            send,
+            recv,
+            started: Started {
+                pending,
+                up_fin: client.fin,
+                up,
+                down,
+                down_done,
+            },
+            outcome,
+        }
+    }
+}
+
+/// A failure that says something about the endpoint (not about the
+/// client or the config): it counts towards the endpoint's ejection.
+fn against_endpoint(fault: Fault) -> bool {
+    retry_reason(fault).is_some()
+}
+
+/// Whether a failure before the answer is worth a try elsewhere: a reset
+/// (a lost connection, a draining node's 0x16) or a failing status. Other
+/// statuses (unknown service, forbidden, malformed) say the same
+/// everywhere.
+fn retry_reason(fault: Fault) -> Option<RetryReason> {
+    match fault {
+        Fault::Quic(_) => Some(RetryReason::Reset),
+        Fault::Refused(Status::UpstreamUnreachable | Status::Draining) => {
+            Some(RetryReason::Refused)
+        }
+        Fault::Refused(_) | Fault::BadStatus(_) | Fault::Tcp => None,
+    }
+}
+
+/// Reads the status byte, then the first chunk of the upstream's answer.
+async fn first_answer(recv: &mut PooledRecv) -> Result<Answer, Fault> {
+    let recv: &mut quinn::RecvStream = recv;
+    let mut status = [0u8; 1];
+    match recv.read_exact(&mut status).await {
+        Ok(()) => match Status::from_byte(status[0]) {
+            Some(Status::Ok) => {}
+            Some(s) => return Err(Fault::Refused(s)),
+            None => return Err(Fault::BadStatus(status[0])),
+        },
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(pipe::quic_read_fault(&e)),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(Fault::Quic(None)),
+    }
+    match recv.read_chunk(PIPE_BUFFER, true).await {
+        Ok(Some(chunk)) => Ok(Answer::Data(chunk.bytes)),
+        Ok(None) => Ok(Answer::End),
+        Err(e) => Err(pipe::quic_read_fault(&e)),
+    }
 }

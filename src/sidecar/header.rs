@@ -44,10 +44,12 @@ pub enum Status {
     Draining = 0x06,
     /// The name length is above 255.
     TooLarge = 0x07,
+    /// The service does not allow the calling peer (`allow`).
+    Forbidden = 0x08,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Ok,
         Status::Malformed,
         Status::UnsupportedVersion,
@@ -56,6 +58,7 @@ impl Status {
         Status::HeaderTimeout,
         Status::Draining,
         Status::TooLarge,
+        Status::Forbidden,
     ];
 
     pub fn from_byte(b: u8) -> Option<Status> {
@@ -73,6 +76,7 @@ impl Status {
             Status::HeaderTimeout => TransferResult::HeaderTimeout,
             Status::Draining => TransferResult::Draining,
             Status::TooLarge => TransferResult::HeaderTooLarge,
+            Status::Forbidden => TransferResult::Forbidden,
         }
     }
 

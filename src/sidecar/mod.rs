@@ -6,19 +6,23 @@
 //! to call [`Node::shutdown`] (the binary does on SIGTERM).
 
 pub mod admin;
+mod diff;
 mod forward;
 pub mod header;
 mod pipe;
+pub mod reload;
 mod service;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, Loaded};
-use crate::metrics::sidecar::ForwardMetrics;
 use crate::transport;
 use crate::{Pool, PoolError};
+use reload::Live;
+pub use reload::{ReloadError, ReloadReport};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +79,11 @@ impl Listeners {
 
 /// A running sidecar node.
 pub struct Node {
-    pool: Pool,
+    live: Arc<Live>,
     admin: actix_web::dev::ServerHandle,
-    /// The forwards' accept loops and the task keeping sidecar series alive.
-    tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    /// The task keeping sidecar series alive.
+    touch: actix_rt::task::JoinHandle<()>,
     admin_addr: SocketAddr,
-    forward_addrs: Vec<SocketAddr>,
     drain_timeout: Duration,
 }
 
@@ -88,7 +91,21 @@ impl Node {
     /// Starts the pool, the services, the forwards and the admin server.
     /// Must run on the actix System's arbiter (the QUIC endpoint lives there).
     pub fn start(loaded: Loaded, listeners: Listeners) -> Result<Node, NodeError> {
-        let Loaded { config, identity } = loaded;
+        Node::start_from(loaded, listeners, None)
+    }
+
+    /// Like [`Node::start`], remembering the config file `source` so that
+    /// [`Node::reload`] (SIGHUP, `POST /reload`) can read it again.
+    pub fn start_from(
+        loaded: Loaded,
+        listeners: Listeners,
+        source: Option<PathBuf>,
+    ) -> Result<Node, NodeError> {
+        let Loaded {
+            config,
+            identity,
+            trust,
+        } = loaded;
         let metrics = crate::metrics::install();
         let services = Arc::new(service::Services::new(
             &config.service,
@@ -96,68 +113,78 @@ impl Node {
             config.pool.stream_open_timeout,
         ));
         let admin_addr = local(&listeners.admin);
-        let forward_addrs: Vec<SocketAddr> = listeners.forwards.iter().map(local).collect();
         let drain_timeout = config.admin.drain_timeout;
         let token = config.admin.token.clone();
-        let forward_configs = config.forward.clone();
+        let file_config = config.clone();
         let handler = Arc::new(services.clone());
-        let pool = Pool::start_with_socket(config, identity, handler, listeners.udp)?;
-        let admin = admin::start(listeners.admin, pool.clone(), metrics, token)
-            .map_err(bind_err("admin.listen", admin_addr))?;
-        let mut tasks = Vec::new();
-        let mut forward_metrics = Vec::new();
+        let pool = Pool::start_trusting(config, identity, trust, handler, listeners.udp)?;
+        let mut forwards = Vec::new();
         for (i, (listener, cfg)) in listeners
             .forwards
             .into_iter()
-            .zip(forward_configs)
+            .zip(file_config.forward.clone())
             .enumerate()
         {
-            let key = format!("forward[{i}].listen");
-            listener
-                .set_nonblocking(true)
-                .map_err(bind_err(&key, cfg.listen))?;
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(bind_err(&key, cfg.listen))?;
-            let m = Arc::new(ForwardMetrics::new(&cfg.listen.to_string()));
-            forward_metrics.push(m.clone());
-            tasks.push(actix_rt::spawn(forward::serve(
-                listener,
-                cfg,
-                pool.clone(),
-                m,
-            )));
+            let listen = cfg.listen;
+            if let Some(running) = reload::Running::start(listener, cfg, &pool)
+                .map_err(bind_err(&format!("forward[{i}].listen"), listen))?
+            {
+                forwards.push(running);
+            }
         }
+        let live = Arc::new(Live::new(
+            pool.clone(),
+            services,
+            forwards,
+            file_config,
+            source,
+        ));
+        let admin = admin::start_node(listeners.admin, live.clone(), metrics, token)
+            .map_err(bind_err("admin.listen", admin_addr))?;
         // Forwards and services live as long as the node: their series are
         // touched so the idle timeout never drops them.
-        tasks.push(actix_rt::spawn(async move {
+        let touched = live.clone();
+        let touch = actix_rt::spawn(async move {
             let mut tick = tokio::time::interval(crate::metrics::TOUCH_INTERVAL);
             loop {
                 tick.tick().await;
-                forward_metrics.iter().for_each(|m| m.touch());
-                services.touch();
+                touched.forwards().iter().for_each(|f| f.metrics.touch());
+                touched.services.touch();
             }
-        }));
-        tracing::info!(admin = %admin_addr, forwards = ?forward_addrs, "sidecar started");
-        Ok(Node {
-            pool,
+        });
+        let node = Node {
+            live,
             admin,
-            tasks,
+            touch,
             admin_addr,
-            forward_addrs,
             drain_timeout,
-        })
+        };
+        tracing::info!(admin = %admin_addr, forwards = ?node.forward_addrs(), "sidecar started");
+        Ok(node)
     }
 
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.live.pool
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
 
-    pub fn forward_addrs(&self) -> &[SocketAddr] {
-        &self.forward_addrs
+    /// The bound address of every forward, in config order.
+    pub fn forward_addrs(&self) -> Vec<SocketAddr> {
+        self.live.forwards().iter().map(|f| f.addr).collect()
+    }
+
+    /// Reads the config file again and applies the difference (see
+    /// [`reload`]); an invalid file changes nothing.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.live.reload_file().await
+    }
+
+    /// Applies `loaded` as a reload would.
+    pub async fn apply(&self, loaded: Loaded) -> Result<ReloadReport, ReloadError> {
+        self.live.apply_on_arbiter(loaded).await
     }
 
     /// The graceful drain: stop accepting TCP connections and new streams,
@@ -165,10 +192,11 @@ impl Node {
     /// every QUIC connection with "going away", stop the admin server.
     pub async fn shutdown(self) {
         tracing::info!(timeout = ?self.drain_timeout, "draining");
-        for t in &self.tasks {
-            t.abort();
+        for f in self.live.forwards().iter() {
+            f.stop();
         }
-        self.pool.shutdown(self.drain_timeout).await;
+        self.touch.abort();
+        self.live.pool.shutdown(self.drain_timeout).await;
         self.admin.stop(true).await;
         tracing::info!("stopped");
     }

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::VarInt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -58,33 +59,76 @@ impl Outcome {
     }
 }
 
-enum Fault {
+/// Why a direction stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
     Tcp,
     Quic(Option<u64>),
     Refused(Status),
     BadStatus(u8),
 }
 
-fn quic_read_fault(e: &quinn::ReadError) -> Fault {
+impl Fault {
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            Fault::Tcp => Outcome::TcpReset,
+            Fault::Quic(code) => Outcome::QuicReset(code),
+            Fault::Refused(s) => Outcome::Refused(s),
+            Fault::BadStatus(b) => Outcome::BadStatus(b),
+        }
+    }
+}
+
+pub(crate) fn quic_read_fault(e: &quinn::ReadError) -> Fault {
     match e {
         quinn::ReadError::Reset(code) => Fault::Quic(Some(code.into_inner())),
         _ => Fault::Quic(None),
     }
 }
 
-fn quic_write_fault(e: &quinn::WriteError) -> Fault {
+pub(crate) fn quic_write_fault(e: &quinn::WriteError) -> Fault {
     match e {
         quinn::WriteError::Stopped(code) => Fault::Quic(Some(code.into_inner())),
         _ => Fault::Quic(None),
     }
 }
 
+/// Where a pipe starts when something already went each way (a forward
+/// that waited for the first byte of the answer before piping).
+#[derive(Debug, Default)]
+pub(crate) struct Started {
+    /// Bytes read from TCP and not yet written to the stream.
+    pub(crate) pending: Bytes,
+    /// TCP sent its FIN (after `pending`).
+    pub(crate) up_fin: bool,
+    /// Bytes written to the stream before, counted in the total.
+    pub(crate) up: u64,
+    /// Bytes written to TCP before, counted in the total.
+    pub(crate) down: u64,
+    /// The stream already ended and TCP got its FIN.
+    pub(crate) down_done: bool,
+}
+
 // The quinn methods (with their typed errors) are called through the
 // pooled wrappers' `Deref`, not the tokio traits the wrappers implement.
-async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut PooledSend) -> Result<u64, Fault> {
+async fn tcp_to_quic(
+    tcp: &mut OwnedReadHalf,
+    send: &mut PooledSend,
+    pending: Bytes,
+    fin: bool,
+) -> Result<u64, Fault> {
     let send: &mut quinn::SendStream = send;
+    let mut total = pending.len() as u64;
+    if !pending.is_empty() {
+        send.write_all(&pending)
+            .await
+            .map_err(|e| quic_write_fault(&e))?;
+    }
+    if fin {
+        let _ = send.finish();
+        return Ok(total);
+    }
     let mut buf = vec![0u8; PIPE_BUFFER];
-    let mut total = 0u64;
     loop {
         let n = tcp.read(&mut buf).await.map_err(|_| Fault::Tcp)?;
         if n == 0 {
@@ -100,24 +144,8 @@ async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut PooledSend) -> Result<u
     }
 }
 
-async fn quic_to_tcp(
-    recv: &mut PooledRecv,
-    tcp: &mut OwnedWriteHalf,
-    expect_status: bool,
-) -> Result<u64, Fault> {
+async fn quic_to_tcp(recv: &mut PooledRecv, tcp: &mut OwnedWriteHalf) -> Result<u64, Fault> {
     let recv: &mut quinn::RecvStream = recv;
-    if expect_status {
-        let mut status = [0u8; 1];
-        match recv.read_exact(&mut status).await {
-            Ok(()) => match Status::from_byte(status[0]) {
-                Some(Status::Ok) => {}
-                Some(s) => return Err(Fault::Refused(s)),
-                None => return Err(Fault::BadStatus(status[0])),
-            },
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(quic_read_fault(&e)),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(Fault::Quic(None)),
-        }
-    }
     let mut buf = vec![0u8; PIPE_BUFFER];
     let mut total = 0u64;
     loop {
@@ -135,20 +163,26 @@ async fn quic_to_tcp(
     }
 }
 
-/// Pipes `tcp` and the stream until both directions finish or one fails.
-/// With `expect_status` the first byte back must be [`Status::Ok`].
+/// Pipes a fresh TCP connection and a fresh stream.
+pub(crate) async fn pipe_tcp(tcp: TcpStream, send: PooledSend, recv: PooledRecv) -> Outcome {
+    let (r, w) = tcp.into_split();
+    pipe(r, w, send, recv, Started::default()).await
+}
+
+/// Pipes TCP and the stream from `start` until both directions finish or
+/// one fails.
 pub(crate) async fn pipe(
-    tcp: TcpStream,
+    mut tcp_r: OwnedReadHalf,
+    mut tcp_w: OwnedWriteHalf,
     mut send: PooledSend,
     mut recv: PooledRecv,
-    expect_status: bool,
+    start: Started,
 ) -> Outcome {
-    let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let ended = {
-        let up = tcp_to_quic(&mut tcp_r, &mut send);
-        let down = quic_to_tcp(&mut recv, &mut tcp_w, expect_status);
+        let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin);
+        let down = quic_to_tcp(&mut recv, &mut tcp_w);
         tokio::pin!(up, down);
-        let (mut up_bytes, mut down_bytes) = (None, None);
+        let (mut up_bytes, mut down_bytes) = (None, start.down_done.then_some(0));
         loop {
             tokio::select! {
                 r = &mut up, if up_bytes.is_none() => match r {
@@ -166,29 +200,33 @@ pub(crate) async fn pipe(
         }
     };
     match ended {
-        Ok((up, down)) => Outcome::Done { up, down },
-        Err(Fault::Tcp) => {
-            let code = VarInt::from_u32(RESET_TCP);
-            let _ = send.reset(code);
-            let _ = recv.stop(code);
-            reset_tcp(tcp_r, tcp_w);
-            Outcome::TcpReset
-        }
-        Err(fault) => {
-            // Whatever the stream's fate, the TCP client must not mistake it
-            // for a complete answer: RST, not FIN.
-            let code = VarInt::from_u32(RESET_TCP);
-            let _ = send.reset(code);
-            let _ = recv.stop(code);
-            reset_tcp(tcp_r, tcp_w);
-            match fault {
-                Fault::Quic(code) => Outcome::QuicReset(code),
-                Fault::Refused(s) => Outcome::Refused(s),
-                Fault::BadStatus(b) => Outcome::BadStatus(b),
-                Fault::Tcp => Outcome::TcpReset,
-            }
-        }
+        Ok((up, down)) => Outcome::Done {
+            up: start.up + up,
+            down: start.down + down,
+        },
+        Err(fault) => fail(tcp_r, tcp_w, send, recv, fault),
     }
+}
+
+/// Ends both sides after `fault`: whatever the stream's fate, the TCP
+/// client must not mistake it for a complete answer, so RST, not FIN.
+pub(crate) fn fail(
+    tcp_r: OwnedReadHalf,
+    tcp_w: OwnedWriteHalf,
+    send: PooledSend,
+    recv: PooledRecv,
+    fault: Fault,
+) -> Outcome {
+    reset_stream(send, recv);
+    reset_tcp(tcp_r, tcp_w);
+    fault.outcome()
+}
+
+/// Resets both halves of a stream (code [`RESET_TCP`]).
+pub(crate) fn reset_stream(mut send: PooledSend, mut recv: PooledRecv) {
+    let code = VarInt::from_u32(RESET_TCP);
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
 }
 
 /// Closes a TCP connection with RST (linger 0, and no FIN from the write half).

@@ -7,9 +7,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -27,13 +26,25 @@ use crate::{IncomingStream, PooledRecv, PooledSend, StreamHandler};
 pub(crate) const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
 
 struct Service {
-    upstream: SocketAddr,
+    config: ServiceConfig,
     metrics: ServiceMetrics,
 }
 
-/// The stream handler of a sidecar node.
+impl Service {
+    fn allows(&self, peer: &str) -> bool {
+        match &self.config.allow {
+            None => true,
+            Some(names) => names.iter().any(|n| n == peer),
+        }
+    }
+}
+
+type Table = HashMap<String, Arc<Service>>;
+
+/// The stream handler of a sidecar node. The table of services is
+/// replaced whole on a reload; a stream keeps the service it started with.
 pub(crate) struct Services {
-    by_name: HashMap<String, Service>,
+    table: RwLock<Arc<Table>>,
     unknown: ServiceMetrics,
     header_timeout: Duration,
     connect_timeout: Duration,
@@ -45,27 +56,57 @@ impl Services {
         header_timeout: Duration,
         connect_timeout: Duration,
     ) -> Services {
-        Services {
-            by_name: services
-                .iter()
-                .map(|s| {
-                    let service = Service {
-                        upstream: s.upstream,
-                        metrics: ServiceMetrics::new(&s.name),
-                    };
-                    (s.name.clone(), service)
-                })
-                .collect(),
+        let s = Services {
+            table: RwLock::new(Arc::new(Table::new())),
             unknown: ServiceMetrics::new(UNKNOWN_SERVICE_LABEL),
             header_timeout,
             connect_timeout,
-        }
+        };
+        s.replace(services);
+        s
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves `services` from now on: unchanged ones keep their state, new
+    /// streams for removed ones get `unknown service`, streams already
+    /// served go on. Returns the names added, removed and changed.
+    pub(crate) fn replace(&self, services: &[ServiceConfig]) -> super::diff::Diff<String> {
+        let old = self.table();
+        let mut diff = super::diff::Diff::default();
+        let table: Table = services
+            .iter()
+            .map(|c| {
+                let kept = old.get(&c.name).filter(|s| s.config == *c).cloned();
+                let service = kept.unwrap_or_else(|| {
+                    if old.contains_key(&c.name) {
+                        diff.changed.push(c.name.clone());
+                    } else {
+                        diff.added.push(c.name.clone());
+                    }
+                    Arc::new(Service {
+                        config: c.clone(),
+                        metrics: ServiceMetrics::new(&c.name),
+                    })
+                });
+                (c.name.clone(), service)
+            })
+            .collect();
+        diff.removed = old
+            .keys()
+            .filter(|n| !table.contains_key(*n))
+            .cloned()
+            .collect();
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        diff
     }
 
     /// Keeps every service's series alive.
     pub(crate) fn touch(&self) {
         self.unknown.touch();
-        self.by_name.values().for_each(|s| s.metrics.touch());
+        self.table().values().for_each(|s| s.metrics.touch());
     }
 
     async fn serve(self: Arc<Self>, stream: IncomingStream) {
@@ -88,11 +129,15 @@ impl Services {
             }
             Ok(Ok(name)) => name,
         };
-        let Some(service) = self.by_name.get(&name) else {
+        let Some(service) = self.table().get(&name).cloned() else {
             tracing::debug!(%peer, service = %name, "stream for an unknown service");
             return refuse(send, recv, Status::UnknownService, unknown).await;
         };
-        let upstream = service.upstream;
+        if !service.allows(&peer) {
+            tracing::debug!(%peer, service = %name, "peer not allowed by the service");
+            return refuse(send, recv, Status::Forbidden, &service.metrics).await;
+        }
+        let upstream = service.config.upstream;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
             .await
         {
@@ -112,7 +157,7 @@ impl Services {
             service.metrics.count(TransferResult::StreamReset);
             return;
         }
-        let outcome = pipe::pipe(tcp, send, recv, false).await;
+        let outcome = pipe::pipe_tcp(tcp, send, recv).await;
         service.metrics.count(outcome.label());
     }
 }

@@ -11,9 +11,17 @@
 //! finished end to end, and the connection is closed only after both `DONE`s
 //! (or after `admin.drain_timeout`, whichever comes first).
 //!
+//! The second job: a graceful drain without a refused stream. A node that
+//! drains (it shuts down, or removes that peer) sends `DRAINING` on every
+//! connection before it refuses anything; the peer stops routing new
+//! streams to that node at once and answers `DRAINED`. Only connections
+//! whose peer did not answer within a short bound get new streams refused.
+//!
 //! ```text
-//! 0x01  RETIRE  this connection is being retired: open no new streams on it
-//! 0x02  DONE    every stream I opened on it has finished
+//! 0x01  RETIRE    this connection is being retired: open no new streams on it
+//! 0x02  DONE      every stream I opened on it has finished
+//! 0x03  DRAINING  this node drains: open no new streams on any connection to it
+//! 0x04  DRAINED   (the answer to DRAINING) no new stream will come from me
 //! ```
 //!
 //! Unknown bytes are ignored (logged), so later versions can add signals.
@@ -25,22 +33,29 @@ use tokio::sync::mpsc;
 pub(crate) enum Signal {
     Retire,
     Done,
+    Draining,
+    Drained,
 }
 
 impl Signal {
+    pub(crate) const ALL: [Signal; 4] = [
+        Signal::Retire,
+        Signal::Done,
+        Signal::Draining,
+        Signal::Drained,
+    ];
+
     pub(crate) fn byte(self) -> u8 {
         match self {
             Signal::Retire => 0x01,
             Signal::Done => 0x02,
+            Signal::Draining => 0x03,
+            Signal::Drained => 0x04,
         }
     }
 
     pub(crate) fn from_byte(b: u8) -> Option<Signal> {
-        match b {
-            0x01 => Some(Signal::Retire),
-            0x02 => Some(Signal::Done),
-            _ => None,
-        }
+        Signal::ALL.into_iter().find(|s| s.byte() == b)
     }
 }
 
@@ -71,7 +86,7 @@ impl Control {
         first: Option<Vec<u8>>,
         mut on_signal: impl FnMut(Signal) + Send + 'static,
     ) -> ControlTx {
-        // At most two signals per end and connection: unbounded is bounded.
+        // At most four signals per end and connection: unbounded is bounded.
         let (tx, mut rx) = mpsc::unbounded_channel::<Signal>();
         let Control { mut send, mut recv } = self;
         tokio::spawn(async move {
@@ -115,12 +130,12 @@ mod tests {
 
     #[test]
     fn every_signal_round_trips_and_other_bytes_are_not_signals() {
-        for s in [Signal::Retire, Signal::Done] {
+        for s in Signal::ALL {
             assert_eq!(Signal::from_byte(s.byte()), Some(s));
         }
         let known = (0..=255u8)
             .filter(|b| Signal::from_byte(*b).is_some())
             .count();
-        assert_eq!(known, 2);
+        assert_eq!(known, Signal::ALL.len());
     }
 }

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::config::NodeConfig;
+use crate::identity::ca::Trust;
 use crate::identity::{Identity, PeerId};
 use crate::metrics::labels::{CloseReason, DialResult};
 use codes::CloseCode;
 use hello::{ExchangeError, Hello};
-use tls::{InboundPolicy, TlsError};
+use tls::{Expected, InboundPolicy, TlsError};
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +69,39 @@ pub fn bind_socket(node: &NodeConfig) -> Result<std::net::UdpSocket, BindError> 
     Ok(socket.into())
 }
 
-/// Starts the node's QUIC endpoint on an already bound UDP socket (so tests
-/// and embedders can bind port 0 first and learn the address).
+/// Starts a QUIC endpoint with pinned-id TLS on an already bound UDP
+/// socket (so tests and embedders can bind port 0 first and learn the
+/// address).
 pub fn endpoint(
     node: &NodeConfig,
     identity: &Identity,
     policy: Arc<dyn InboundPolicy>,
+    udp: std::net::UdpSocket,
+) -> Result<quinn::Endpoint, BindError> {
+    endpoint_trusting(node, identity, policy, None, udp)
+}
+
+/// The server side of a node's endpoint: its TLS (who may connect, with
+/// which certificate) and transport settings. Replaced on a reload.
+pub(crate) fn server_config(
+    node: &NodeConfig,
+    identity: &Identity,
+    policy: Arc<dyn InboundPolicy>,
+    trust: Option<Arc<Trust>>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = tls::server_config(identity, node.alpn.as_bytes(), policy, trust)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(node)));
+    Ok(server)
+}
+
+/// Like [`endpoint`], also accepting certificates of the CAs in `trust`.
+pub(crate) fn endpoint_trusting(
+    node: &NodeConfig,
+    identity: &Identity,
+    policy: Arc<dyn InboundPolicy>,
+    trust: Option<Arc<Trust>>,
     udp: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, BindError> {
     let addr = udp.local_addr().unwrap_or(node.listen);
@@ -87,10 +115,7 @@ pub fn endpoint(
         .map_err(socket_err)?;
     udp.set_nonblocking(true).map_err(socket_err)?;
 
-    let tls = tls::server_config(identity, node.alpn.as_bytes(), policy)?;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config(node)));
+    let server = server_config(node, identity, policy, trust)?;
     let runtime = quinn::default_runtime().ok_or(BindError::NoRuntime)?;
     quinn::Endpoint::new(endpoint_config(identity), Some(server), udp, runtime).map_err(socket_err)
 }
@@ -129,15 +154,33 @@ pub fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
     config
 }
 
-/// The client config for dialling `expected`; `transport` is shared by all
-/// of a node's client configs (see [`transport_config`]).
+/// The client config for dialling a peer pinned to `expected` (for raw
+/// connections such as benchmark baselines); `transport` may be shared by
+/// many client configs (see [`transport_config`]).
 pub fn client_config(
     node: &NodeConfig,
     identity: &Identity,
     expected: PeerId,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = tls::client_config(identity, node.alpn.as_bytes(), expected)?;
+    dial_config(
+        node,
+        identity,
+        Expected::Pinned(vec![expected]),
+        None,
+        transport,
+    )
+}
+
+/// The client config of one dial: expecting `expected`, trusting `trust`.
+pub(crate) fn dial_config(
+    node: &NodeConfig,
+    identity: &Identity,
+    expected: Expected,
+    trust: Option<Arc<Trust>>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = tls::client_config_expecting(identity, node.alpn.as_bytes(), expected, trust)?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport);

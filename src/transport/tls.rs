@@ -1,11 +1,12 @@
-//! TLS 1.3 with pinned peer ids, both ways.
+//! TLS 1.3, both ways, with pinned peer ids or CA-issued names.
 //!
-//! There is no CA. Each side presents its self-signed certificate; the other
-//! accepts it only if it is well-formed, currently valid, signed by its own
-//! key, and carries the expected [`PeerId`]: on dial, the id of the peer
-//! dialled; on accept, an id the [`InboundPolicy`] allows. The handshake
-//! signature proves the presenter holds the key. Every refusal is counted
-//! in `peerpool_handshake_failures_total` by reason.
+//! Each side presents its certificate; the other accepts it only if it is
+//! well-formed and currently valid, and either self-signed (signed by its
+//! own key) or chained to a CA of `[trust] ca`; then on dial it must be the
+//! peer dialled (a pinned id, or the peer's name in a CA-issued
+//! certificate), on accept a peer the [`InboundPolicy`] allows. The
+//! handshake signature proves the presenter holds the key. Every refusal is
+//! counted in `peerpool_handshake_failures_total` by reason.
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::identity::{verify_certificate, CertError, Identity, PeerId};
+use crate::identity::ca::{Trust, Usage};
+use crate::identity::{verify_certificate, CertError, Identity, PeerId, Verified};
 use crate::metrics::{self, labels::HandshakeReason};
 
 /// The server name every dial uses; certificates are checked by id, not name.
@@ -31,10 +33,20 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// Decides which peer ids may connect in.
+/// Decides who may connect in.
 pub trait InboundPolicy: Send + Sync + std::fmt::Debug + 'static {
-    /// `Ok` if `id` may connect; `Err` with the reason it is counted under.
-    fn check(&self, id: &PeerId) -> Result<(), HandshakeReason>;
+    /// `Ok` if the presenter of `who` may connect; `Err` with the reason it
+    /// is counted under.
+    fn check(&self, who: &Verified) -> Result<(), HandshakeReason>;
+}
+
+/// Who a dial expects at the other end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Expected {
+    /// One of these ids.
+    Pinned(Vec<PeerId>),
+    /// A certificate of a trusted CA carrying this peer name.
+    Named(String),
 }
 
 /// Why building a TLS config failed.
@@ -55,16 +67,28 @@ fn cert_error(e: &CertError) -> (CertificateError, HandshakeReason) {
             CertificateError::BadSignature,
             HandshakeReason::BadSignature,
         ),
+        CertError::Untrusted(_) => (CertificateError::UnknownIssuer, HandshakeReason::Untrusted),
     }
 }
 
-/// Checks a presented certificate and returns its id, counting a refusal.
+/// Checks a presented certificate (self-signed, or chained to `trust`) and
+/// returns who it is, counting a refusal.
 fn check_presented(
     end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
     now: UnixTime,
-) -> Result<PeerId, rustls::Error> {
+    trust: Option<&Trust>,
+    usage: Usage,
+) -> Result<Verified, rustls::Error> {
     let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-    verify_certificate(end_entity, now).map_err(|e| {
+    let verified = match (verify_certificate(end_entity, now), trust) {
+        (Ok(id), _) => Ok(Verified { id, name: None }),
+        (Err(CertError::BadSignature), Some(trust)) => {
+            trust.verify(end_entity, intermediates, now, usage)
+        }
+        (Err(e), _) => Err(e),
+    };
+    verified.map_err(|e| {
         let (err, reason) = cert_error(&e);
         metrics::handshake_failure(reason);
         tracing::debug!(error = %e, "refused a peer certificate");
@@ -88,7 +112,8 @@ fn check_signature(
 /// Client side: the server must be the peer we dialled.
 #[derive(Debug)]
 struct DialVerifier {
-    expected: PeerId,
+    expected: Expected,
+    trust: Option<Arc<Trust>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -96,15 +121,25 @@ impl ServerCertVerifier for DialVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = check_presented(end_entity, now)?;
-        if id != self.expected {
-            metrics::handshake_failure(HandshakeReason::WrongId);
-            tracing::warn!(expected = %self.expected, presented = %id, "dialled peer presented another identity");
+        let who = check_presented(
+            end_entity,
+            intermediates,
+            now,
+            self.trust.as_deref(),
+            Usage::Server,
+        )?;
+        let (ok, reason) = match &self.expected {
+            Expected::Pinned(ids) => (ids.contains(&who.id), HandshakeReason::WrongId),
+            Expected::Named(name) => (who.name.as_ref() == Some(name), HandshakeReason::WrongName),
+        };
+        if !ok {
+            metrics::handshake_failure(reason);
+            tracing::warn!(expected = ?self.expected, presented = %who.id, name = ?who.name, "dialled peer presented another identity");
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));
@@ -138,10 +173,11 @@ impl ServerCertVerifier for DialVerifier {
     }
 }
 
-/// Server side: the client must present a certificate with an allowed id.
+/// Server side: the client must present a certificate of an allowed peer.
 #[derive(Debug)]
 struct AcceptVerifier {
     policy: Arc<dyn InboundPolicy>,
+    trust: Option<Arc<Trust>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -161,13 +197,19 @@ impl ClientCertVerifier for AcceptVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = check_presented(end_entity, now)?;
-        if let Err(reason) = self.policy.check(&id) {
+        let who = check_presented(
+            end_entity,
+            intermediates,
+            now,
+            self.trust.as_deref(),
+            Usage::Client,
+        )?;
+        if let Err(reason) = self.policy.check(&who) {
             metrics::handshake_failure(reason);
-            tracing::info!(peer = %id, %reason, "refused an inbound connection");
+            tracing::info!(peer = %who.id, name = ?who.name, %reason, "refused an inbound connection");
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));
@@ -200,41 +242,61 @@ impl ClientCertVerifier for AcceptVerifier {
     }
 }
 
+/// The certificate and its chain, as a handshake sends them.
+fn chain_of(identity: &Identity) -> Vec<CertificateDer<'static>> {
+    std::iter::once(identity.cert.clone())
+        .chain(identity.chain.iter().cloned())
+        .collect()
+}
+
 /// The rustls server config of a node.
 pub fn server_config(
     identity: &Identity,
     alpn: &[u8],
     policy: Arc<dyn InboundPolicy>,
+    trust: Option<Arc<Trust>>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(AcceptVerifier {
         policy,
+        trust,
         algs: provider.signature_verification_algorithms,
     });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+        .with_single_cert(chain_of(identity), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(cfg)
 }
 
-/// The rustls client config for dialling the peer `expected`.
+/// The rustls client config for dialling the peer pinned to `expected`.
 pub fn client_config(
     identity: &Identity,
     alpn: &[u8],
     expected: PeerId,
 ) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_expecting(identity, alpn, Expected::Pinned(vec![expected]), None)
+}
+
+/// The rustls client config for dialling the peer `expected`.
+pub(crate) fn client_config_expecting(
+    identity: &Identity,
+    alpn: &[u8],
+    expected: Expected,
+    trust: Option<Arc<Trust>>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(DialVerifier {
         expected,
+        trust,
         algs: provider.signature_verification_algorithms,
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+        .with_client_auth_cert(chain_of(identity), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     // Every connection does a full handshake against a pinned key; session
     // resumption would only cost memory (rustls preallocates a 256-entry
@@ -243,14 +305,24 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// The peer id of an established connection, from its certificate.
-pub(crate) fn remote_id(conn: &quinn::Connection) -> Option<PeerId> {
+/// Who is at the other end of an established connection: the id of its
+/// certificate, and its name if that certificate is CA-issued (the
+/// handshake verified the chain; a self-signed certificate's names mean
+/// nothing).
+pub(crate) fn remote_identity(conn: &quinn::Connection) -> Option<Verified> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
     let first = certs.first()?;
-    crate::identity::peer_id_of_cert(first).ok()
+    let id = crate::identity::peer_id_of_cert(first).ok()?;
+    let self_signed = verify_certificate(first, crate::identity::now_unix()).is_ok();
+    let name = if self_signed {
+        None
+    } else {
+        crate::identity::ca::name_of_cert(first)
+    };
+    Some(Verified { id, name })
 }
 
 /// Labels a handshake that failed on this side for a reason the verifiers

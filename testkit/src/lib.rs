@@ -14,12 +14,15 @@
 //!   blackholes (there is no `tc netem` here).
 //! - [`load`]: the load generator of `peerpool load`, and echo and sink
 //!   upstreams.
+//! - [`netns`]: a testbed of real hosts (network namespaces, a bridge, a
+//!   DNS server) on one machine.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod load;
 pub mod net;
+pub mod netns;
 pub mod pools;
 pub mod procs;
 pub mod relay;

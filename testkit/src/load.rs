@@ -210,12 +210,13 @@ impl Worker {
                 if per_request {
                     c.shutdown().await.map_err(|_| "write")?;
                 }
-                c.read_exact(&mut back).await.map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                        "eof"
-                    } else {
-                        "read"
-                    }
+                // A clean end before the whole answer ("eof") is a
+                // truncation passed off as success; a reset is an honest
+                // failure.
+                c.read_exact(&mut back).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => "eof",
+                    std::io::ErrorKind::ConnectionReset => "reset",
+                    _ => "read",
                 })?;
                 Ok::<(), &'static str>(())
             };

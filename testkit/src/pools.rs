@@ -74,17 +74,17 @@ pub fn pair_named(
         sb.local_addr().expect("address"),
     );
     let mut ca = base.clone();
-    ca.peers = vec![PeerConfig {
-        name: b_name.into(),
-        id: idb.id,
-        addr: a_dials.then_some(addr_b),
-    }];
+    ca.peers = vec![PeerConfig::pinned(
+        b_name,
+        idb.id,
+        a_dials.then_some(addr_b),
+    )];
     let mut cb = base.clone();
-    cb.peers = vec![PeerConfig {
-        name: a_name.into(),
-        id: ida.id,
-        addr: b_dials.then_some(addr_a),
-    }];
+    cb.peers = vec![PeerConfig::pinned(
+        a_name,
+        ida.id,
+        b_dials.then_some(addr_a),
+    )];
     let a = Pool::start_with_socket(ca, ida.clone(), echo(), sa).expect("start pool a");
     let b = Pool::start_with_socket(cb, idb.clone(), echo(), sb).expect("start pool b");
     (

@@ -36,6 +36,18 @@ impl NodeProc {
         log: &Path,
         log_level: &str,
     ) -> Result<NodeProc, String> {
+        NodeProc::spawn_via(Command::new(bin), config, log, log_level)
+    }
+
+    /// Like [`NodeProc::spawn`] with `program` the command that runs the
+    /// binary (`ip netns exec NS peerpool`, for a host of a testbed; it
+    /// execs, so the pid is the node's).
+    pub fn spawn_via(
+        mut program: Command,
+        config: &Path,
+        log: &Path,
+        log_level: &str,
+    ) -> Result<NodeProc, String> {
         let text = std::fs::read_to_string(config)
             .map_err(|e| format!("read {}: {e}", config.display()))?;
         let parsed = Config::parse(&text).map_err(|p| {
@@ -50,7 +62,7 @@ impl NodeProc {
             .append(true)
             .open(log)
             .map_err(|e| format!("open {}: {e}", log.display()))?;
-        let child = Command::new(bin)
+        let child = program
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", log_level)
@@ -58,7 +70,7 @@ impl NodeProc {
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
-            .map_err(|e| format!("start {} run: {e}", bin.display()))?;
+            .map_err(|e| format!("start {:?} run: {e}", program.get_program()))?;
         Ok(NodeProc {
             child: Some(child),
             admin: Admin::new(parsed.admin.listen),
@@ -201,31 +213,10 @@ pub fn forwarding_pair(
         c.peers = vec![peer];
         c
     };
-    let mut b = node(
-        kb,
-        PeerConfig {
-            name: "a".into(),
-            id: ida,
-            addr: None,
-        },
-    );
-    let mut a = node(
-        ka,
-        PeerConfig {
-            name: "b".into(),
-            id: idb,
-            addr: Some(b.node.listen),
-        },
-    );
-    a.forward = vec![ForwardConfig {
-        listen: free_tcp(),
-        peer: "b".into(),
-        service: service.into(),
-    }];
-    b.service = vec![ServiceConfig {
-        name: service.into(),
-        upstream,
-    }];
+    let mut b = node(kb, PeerConfig::pinned("a", ida, None));
+    let mut a = node(ka, PeerConfig::pinned("b", idb, Some(b.node.listen)));
+    a.forward = vec![ForwardConfig::new(free_tcp(), "b", service)];
+    b.service = vec![ServiceConfig::new(service, upstream)];
     (a, b)
 }
 

@@ -161,7 +161,10 @@ pub mod raw {
     #[derive(Debug)]
     struct AllowAll;
     impl InboundPolicy for AllowAll {
-        fn check(&self, _: &PeerId) -> Result<(), peerpool::metrics::labels::HandshakeReason> {
+        fn check(
+            &self,
+            _: &peerpool::identity::Verified,
+        ) -> Result<(), peerpool::metrics::labels::HandshakeReason> {
             Ok(())
         }
     }
@@ -280,11 +283,7 @@ impl Farm {
                     cfg.node.listen = socket.local_addr().expect("addr");
                     cfg.node.udp_recv_buffer = 256 * 1024;
                     cfg.node.udp_send_buffer = 256 * 1024;
-                    cfg.peers = vec![PeerConfig {
-                        name: "central".into(),
-                        id: central,
-                        addr: None,
-                    }];
+                    cfg.peers = vec![PeerConfig::pinned("central", central, None)];
                     let nothing = Arc::new(|_s: peerpool::IncomingStream| async {});
                     pools.push(
                         peerpool::Pool::start_with_socket(cfg, identity, nothing, socket)
@@ -308,10 +307,8 @@ impl Farm {
     pub fn peer_configs(&self) -> Vec<peerpool::config::PeerConfig> {
         self.peers
             .iter()
-            .map(|(name, id, addr)| peerpool::config::PeerConfig {
-                name: name.clone(),
-                id: *id,
-                addr: Some(*addr),
+            .map(|(name, id, addr)| {
+                peerpool::config::PeerConfig::pinned(name.clone(), *id, Some(*addr))
             })
             .collect()
     }

@@ -34,11 +34,7 @@ pub fn pool_server(client: PeerId, n: usize) -> (std::net::SocketAddr, PeerId, S
         actix_rt::System::new().block_on(async move {
             let mut cfg = base_config();
             cfg.pool.max_connections_per_peer = n;
-            cfg.peers = vec![PeerConfig {
-                name: "client".into(),
-                id: client,
-                addr: None,
-            }];
+            cfg.peers = vec![PeerConfig::pinned("client", client, None)];
             let handler = Arc::new(|mut s: IncomingStream| async move {
                 serve_stream(&mut s.send, &mut s.recv, false).await;
             });
@@ -179,11 +175,7 @@ pub fn compare(
         let (_raw_ep, raw_conn) = raw::connect(&base_config().node, raw_addr, raw_id).await;
         let mut cfg = base_config();
         cfg.pool.max_connections_per_peer = pool_n;
-        cfg.peers = vec![PeerConfig {
-            name: "server".into(),
-            id: pool_id,
-            addr: Some(pool_addr),
-        }];
+        cfg.peers = vec![PeerConfig::pinned("server", pool_id, Some(pool_addr))];
         let nothing = Arc::new(|_s: IncomingStream| async {});
         let pool = Pool::start_with_socket(cfg, client, nothing, udp()).expect("client pool");
         let conns = pool.dial_peer(&pool_id).await.expect("warm pool");

@@ -19,17 +19,39 @@ impl Handler<Inspect> for PeerActor {
     type Result = MessageResult<Inspect>;
 
     fn handle(&mut self, _: Inspect, _ctx: &mut Self::Context) -> Self::Result {
-        let (usable, retiring): (Vec<_>, Vec<_>) = self.core.conns().partition(|(_, c)| c.usable());
-        let count = |d: Direction| self.core.conns().filter(|(_, c)| c.direction == d).count();
+        let mut usable = Vec::new();
+        let mut retiring = Vec::new();
+        for (_, e) in self.core.endpoints() {
+            for (key, c) in e.conns() {
+                if c.usable() && e.routable() {
+                    usable.push(key);
+                } else {
+                    retiring.push(key);
+                }
+            }
+        }
+        usable.sort_unstable();
+        retiring.sort_unstable();
+        let count = |d: Direction| {
+            self.core
+                .conns()
+                .filter(|(_, _, c)| c.direction == d)
+                .count()
+        };
         MessageResult(CoreView {
             state: self.core.state(),
-            usable: usable.iter().map(|(k, _)| *k).collect(),
-            retiring: retiring.iter().map(|(k, _)| *k).collect(),
+            endpoints: self
+                .core
+                .endpoints()
+                .map(|(a, e)| (*a, e.state()))
+                .collect(),
+            usable,
+            retiring,
             by_direction: Direction::ALL.map(|d| (d, count(d))),
             dial_attempts: self.attempts_before + self.core.total_attempts(),
             next_retry_in: self
                 .core
-                .next_wakeup()
+                .next_dial()
                 .map(|t| t.saturating_sub(self.node.now())),
             backoff: self.core.current_backoff(),
         })

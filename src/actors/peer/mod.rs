@@ -1,18 +1,23 @@
 //! `PeerActor`: owns one peer's [`PeerCore`] and carries out what it says:
-//! dials, the retire handover, closes, the drain. After every change it
-//! publishes what it derives from the core, in one place ([`PeerActor::publish`]).
+//! resolving its name, dials, the retire handover, closes, ejections, the
+//! drain. After every change it publishes what it derives from the core,
+//! in one place ([`PeerActor::publish`]).
 //!
-//! It never waits on the network inside a handler: dials, retires and drains
-//! run as futures spawned in its context, and stream opens do not pass
-//! through it at all (they read the published table, see `routes`).
+//! It never waits on the network inside a handler: resolutions, dials,
+//! retires and drains run as futures spawned in its context, and stream
+//! opens do not pass through it at all (they read the published table, see
+//! `routes`).
 //!
 //! - this file: the actor, `drive` and `publish`, the tick, dial waiters,
-//!   the drain, and what a restart leaves behind;
+//!   ejections, and what a restart leaves behind;
+//! - `discover`: the peer's address set, from its config or its DNS name;
 //! - `dial`: connections coming and going: dials, inbound admissions, the
-//!   IO each connection gets, closes;
+//!   IO each connection gets, closes, the peer's drain announcements;
 //! - `retire`: taking connections out of service: excess (the RETIRE/DONE
-//!   handover) and those of a restarted peer process.
+//!   handover), those of a restarted process, those of vanished endpoints;
+//! - `drain`: this node draining the peer, announced first.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,20 +27,23 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 mod dial;
+mod discover;
+mod drain;
 #[cfg(feature = "test-util")]
 mod hooks;
 mod retire;
 
 use super::conn::ConnMeta;
 use super::context::NodeContext;
+use super::endpoints::{EndpointFailing, EndpointStats};
 use super::error::PoolError;
-use super::messages::{Dial, DialWaiter, Drain, PeerDied, RemovePeer};
-use super::shared::{PeerShared, Route, Snapshot};
+use super::messages::{Dial, DialWaiter, PeerDied, RemovePeer};
+use super::shared::{EndpointRoute, PeerShared, Route, Snapshot};
 use super::telemetry::{self, Sample, Seen};
 use crate::pool::peer::PeerCore;
-use crate::pool::{Direction, PeerState};
+use crate::pool::{Direction, EndpointState, PeerState};
+use crate::transport::codes;
 use crate::transport::control::ControlTx;
-use crate::transport::{self, codes};
 
 /// How often RTT, byte counters and gauges are refreshed.
 const TICK: Duration = Duration::from_secs(1);
@@ -50,6 +58,10 @@ pub(crate) struct LiveConn {
     seen: Seen,
 }
 
+/// The core of a peer: connections held as [`LiveConn`], endpoints named by
+/// their address, each with the measurements openers share.
+type Core = PeerCore<LiveConn, Arc<EndpointStats>, SocketAddr>;
+
 /// Whom a peer actor reports to.
 pub(crate) struct Supervision {
     pub(crate) died: Recipient<PeerDied>,
@@ -60,8 +72,7 @@ pub(crate) struct Supervision {
 pub(crate) struct PeerActor {
     node: Arc<NodeContext>,
     shared: Arc<PeerShared>,
-    core: PeerCore<LiveConn>,
-    client_config: Option<quinn::ClientConfig>,
+    core: Core,
     timer: Option<SpawnHandle>,
     waiters: Vec<DialWaiter>,
     rng: SmallRng,
@@ -71,6 +82,8 @@ pub(crate) struct PeerActor {
     restart_on_drop: bool,
     /// Dial attempts of earlier generations of this peer's actor.
     attempts_before: u64,
+    /// The last resolution error, logged once until it changes.
+    dns_error: Option<String>,
 }
 
 impl PeerActor {
@@ -79,29 +92,23 @@ impl PeerActor {
         shared: Arc<PeerShared>,
         supervision: Supervision,
     ) -> PeerActor {
-        let client_config = shared.config.addr.and_then(|_| {
-            transport::client_config(&node.config.node, &node.identity, shared.id(), node.transport.clone())
-                .map_err(|e| tracing::error!(peer = %shared.name(), error = %e, "cannot build a TLS client config; this peer will not be dialled"))
-                .ok()
-        });
         let core = PeerCore::new(
             node.retry.clone(),
             node.config.retry.reset_after,
             shared.target,
-            client_config.is_some(),
-            node.now(),
+            node.ejection.clone(),
         );
         PeerActor {
             attempts_before: shared.snapshot().dial_attempts,
             node,
             shared,
             core,
-            client_config,
             timer: None,
             waiters: Vec::new(),
             rng: SmallRng::from_os_rng(),
             supervision,
             restart_on_drop: true,
+            dns_error: None,
         }
     }
 
@@ -109,11 +116,15 @@ impl PeerActor {
         self.shared.name()
     }
 
-    /// Starts due dials, re-arms the timer, publishes, answers waiters. Every
-    /// handler that changes the core ends here.
+    /// Ends due ejections, starts due dials, re-arms the timer, publishes,
+    /// answers waiters. Every handler that changes the core ends here.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        for slot in self.core.due(self.node.now()) {
-            self.start_dial(slot, ctx);
+        let now = self.node.now();
+        for addr in self.core.end_ejections(now) {
+            tracing::info!(peer = %self.name(), endpoint = %addr, "endpoint back in the balancing");
+        }
+        for (addr, slot) in self.core.due(now) {
+            self.start_dial(addr, slot, ctx);
         }
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
@@ -137,22 +148,34 @@ impl PeerActor {
         let state = self.core.state();
         let backoff = self.core.current_backoff();
         let mut held = [0usize; 2];
-        let routes = self
-            .core
-            .conns()
-            .map(|(_, c)| {
+        let mut by_state = [0usize; EndpointState::ALL.len()];
+        let mut endpoints = Vec::new();
+        let mut routes = Vec::new();
+        for (i, (addr, e)) in self.core.endpoints().enumerate() {
+            let endpoint_state = e.state();
+            by_state[endpoint_state as usize] += 1;
+            endpoints.push(EndpointRoute {
+                addr: *addr,
+                stats: e.handle.clone(),
+                state: endpoint_state,
+                connections: e.held(),
+                ejected_until: e.ejection.until.map(|t| self.node.instant(t)),
+            });
+            for (_, c) in e.conns() {
                 held[c.direction as usize] += 1;
-                Route {
+                routes.push(Route {
                     meta: c.handle.meta.clone(),
-                    usable: c.usable(),
+                    usable: c.usable() && e.routable(),
                     rtt: c.ewma.value(),
-                }
-            })
-            .collect();
+                    endpoint: i,
+                });
+            }
+        }
         self.shared.publish(Snapshot {
             state,
+            endpoints,
             routes,
-            retry_at: self.core.next_wakeup().map(|t| self.node.instant(t)),
+            retry_at: self.core.next_dial().map(|t| self.node.instant(t)),
             dial_attempts: self.attempts_before + self.core.total_attempts(),
             backoff,
         });
@@ -161,8 +184,9 @@ impl PeerActor {
         for d in Direction::ALL {
             m.connections(d).set(held[d as usize] as f64);
         }
+        m.set_endpoints(&by_state);
         if before != state {
-            tracing::info!(peer = %self.name(), id = %self.shared.id().short(), from = before.as_str(), to = state.as_str(), connections = self.core.usable(), "peer state changed");
+            tracing::info!(peer = %self.name(), from = before.as_str(), to = state.as_str(), connections = self.core.usable(), "peer state changed");
             crate::metrics::peer_state_change(Some(before), Some(state));
             m.set_state(state);
         }
@@ -172,12 +196,14 @@ impl PeerActor {
     fn tick(&mut self) {
         let now = self.node.now();
         let mut sample = Sample::default();
-        for (_, c) in self.core.conns_mut() {
-            let stats = c.handle.meta.conn.stats();
-            let rtt = stats.path.rtt.as_secs_f64();
-            c.ewma.observe(rtt, now);
-            sample.add(&c.handle.meta, rtt);
-            c.handle.seen.fold(&stats, &self.shared.traffic);
+        for (_, e) in self.core.endpoints_mut() {
+            for (_, c) in e.conns_mut() {
+                let stats = c.handle.meta.conn.stats();
+                let rtt = stats.path.rtt.as_secs_f64();
+                c.ewma.observe(rtt, now);
+                sample.add(&c.handle.meta, rtt);
+                c.handle.seen.fold(&stats, &self.shared.traffic);
+            }
         }
         let opened = self.shared.streams_opened.load(Ordering::Relaxed);
         telemetry::publish(&self.shared.metrics, &sample, &self.shared.traffic, opened);
@@ -189,9 +215,10 @@ impl PeerActor {
             return;
         }
         let usable = self.core.usable();
+        let full = self.core.state() == PeerState::Healthy;
         let ready = match self.core.state() {
             PeerState::Draining | PeerState::Unreachable => true,
-            _ if usable >= self.shared.target => true,
+            _ if full => true,
             // Nothing more will be dialled soon: report what there is.
             _ => usable > 0 && (!self.core.can_dial() || self.core.settled()),
         };
@@ -208,7 +235,7 @@ impl PeerActor {
                     peer: self.shared.name().to_string(),
                     retry_in: self
                         .core
-                        .next_wakeup()
+                        .next_dial()
                         .map(|t| t.saturating_sub(self.node.now()))
                         .unwrap_or_default(),
                 }),
@@ -229,7 +256,9 @@ impl Actor for PeerActor {
         crate::metrics::peer_state_change(None, Some(inherited));
         self.shared.metrics.set_state(inherited);
         self.shared.metrics.target.set(self.shared.target as f64);
+        self.shared.failures.attach(Some(ctx.address().recipient()));
         ctx.run_interval(TICK, |act, _| act.tick());
+        self.discover(ctx);
         self.drive(ctx);
     }
 }
@@ -241,6 +270,7 @@ impl Drop for PeerActor {
     /// redials or is redialled), and asks the supervisor for the successor;
     /// after a drain they are closed already.
     fn drop(&mut self) {
+        self.shared.failures.attach(None);
         for live in self.core.take_all() {
             if self.restart_on_drop {
                 codes::RESTART.close(&live.meta.conn);
@@ -249,7 +279,7 @@ impl Drop for PeerActor {
         self.publish();
         if self.restart_on_drop {
             self.supervision.died.do_send(PeerDied {
-                id: self.shared.id(),
+                name: self.shared.name().to_string(),
                 generation: self.supervision.generation,
             });
         }
@@ -270,42 +300,24 @@ impl Handler<Dial> for PeerActor {
     }
 }
 
-impl Handler<Drain> for PeerActor {
-    type Result = ResponseActFuture<Self, Result<(), PoolError>>;
+impl Handler<EndpointFailing> for PeerActor {
+    type Result = ();
 
-    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
-        if !self.core.drain() {
-            let peer = self.name().to_string();
-            return Box::pin(fut::ready(Err(PoolError::Draining { peer })));
+    fn handle(&mut self, msg: EndpointFailing, ctx: &mut Self::Context) {
+        let addr = msg.0;
+        match self.core.eject(&addr, self.node.now()) {
+            Some(time) => {
+                self.shared.metrics.ejection();
+                tracing::warn!(peer = %self.name(), endpoint = %addr, ?time, "endpoint failed too often in a row; ejected");
+            }
+            None => {
+                tracing::debug!(peer = %self.name(), endpoint = %addr, "endpoint failing, not ejected (already, or at outlier.max_ejection_percent)");
+            }
+        }
+        // A new run starts, whether or not this one ejected.
+        if let Some((_, e)) = self.core.endpoints().find(|(a, _)| **a == addr) {
+            e.handle.succeeded();
         }
         self.drive(ctx);
-        let metas: Vec<Arc<ConnMeta>> = self
-            .core
-            .conns()
-            .map(|(_, c)| c.handle.meta.clone())
-            .collect();
-        let Drain { code, timeout } = msg;
-        let name = self.name().to_string();
-        Box::pin(
-            async move {
-                let all_idle = async {
-                    for m in &metas {
-                        m.wait_idle().await;
-                    }
-                };
-                if tokio::time::timeout(timeout, all_idle).await.is_err() {
-                    tracing::warn!(peer = %name, ?timeout, "drain timed out; closing connections with streams still open");
-                }
-                for m in &metas {
-                    code.close(&m.conn);
-                }
-            }
-            .into_actor(self)
-            .map(|_, act, ctx| {
-                act.restart_on_drop = false;
-                ctx.stop();
-                Ok(())
-            }),
-        )
     }
 }

@@ -1,6 +1,9 @@
-//! Taking connections out of service: the excess beyond N, retired through
-//! the RETIRE/DONE handover on the control stream so no stream is lost, and
-//! the connections to a peer process that has restarted, closed at once.
+//! Taking connections out of service: the excess beyond N and those of
+//! endpoints that left the peer's address set, retired through the
+//! RETIRE/DONE handover on the control stream so no stream is lost, and the
+//! connections to a peer process that has restarted, closed at once.
+
+use std::net::SocketAddr;
 
 use actix::prelude::*;
 
@@ -11,15 +14,15 @@ use crate::transport::codes::{self, CloseCode};
 use crate::transport::control::Signal;
 
 impl PeerActor {
-    /// A connection from another instance of the peer means the peer
-    /// restarted: every connection to an earlier instance is dead (its
+    /// A connection from another instance of the process at `addr` means it
+    /// restarted: every connection to its earlier instance is dead (that
     /// process is gone), so drop them now rather than after an idle timeout.
-    pub(super) fn drop_stale(&mut self, instance: u64) {
-        let stale = self.core.stale(instance);
+    pub(super) fn drop_stale(&mut self, addr: &SocketAddr, instance: u64) {
+        let stale = self.core.stale(addr, instance);
         if stale.is_empty() {
             return;
         }
-        tracing::info!(peer = %self.name(), stale = stale.len(), "peer restarted; dropping connections to its previous instance");
+        tracing::info!(peer = %self.name(), endpoint = %addr, stale = stale.len(), "peer restarted; dropping connections to its previous instance");
         for key in stale {
             if let Some(live) = self.core.retire(key) {
                 codes::STALE.close(&live.meta.conn);
