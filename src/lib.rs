@@ -4,18 +4,20 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML schema, its defaults and its validation.
-//! - [`identity`]: node keys, certificates and the [`PeerId`] peers pin.
+//! - [`identity`]: node keys, certificates, the [`PeerId`] peers pin, and
+//!   the CA whose certificates name replicas (`peerpool://NAME`).
 //! - [`pool`]: the pure core: backoff, balancing, the per-peer limit and
-//!   tie-break, and `PeerCore`, the one record of a peer (its connections,
-//!   dial plan and drain) its state is derived from. No IO, no clock, no
-//!   global rng.
+//!   tie-break, and `PeerCore`, the one record of a peer (its endpoints,
+//!   their connections, dial plans and ejections, and its drain) its state
+//!   is derived from. No IO, no clock, no global rng.
 //! - [`transport`]: QUIC and TLS: the endpoint, pinned-id verifiers, the
 //!   application hello and the control stream it becomes, close codes.
 //! - `actors` (private): the supervisor, one `PeerActor` per peer carrying
 //!   out its `PeerCore`, the table each publishes for stream opens, and
 //!   [`Pool`], the handle the rest of the program (and library users) hold.
-//! - [`sidecar`]: TCP forwarding over pooled streams, services, the admin
-//!   HTTP API, and the node that runs them with a graceful drain.
+//! - [`sidecar`]: TCP forwarding over pooled streams (with a safe retry),
+//!   services, the admin HTTP API, hot reload, and the node that runs them
+//!   with a graceful drain.
 //! - [`metrics`]: every metric name, help text, label set and bucket set.
 //!
 //! Which may use which: `pool` uses nothing of the others; `transport` uses

@@ -76,3 +76,112 @@ fn the_pool_core_stays_pure() {
     }
     assert!(checked >= 5);
 }
+
+/// The README section that starts at `heading` (up to the next heading).
+fn section<'a>(readme: &'a str, heading: &str) -> &'a str {
+    let start = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+    let rest = &readme[start + heading.len()..];
+    let end = rest.find("\n#").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[test]
+fn readme_documents_every_config_key() {
+    use peerpool::config::{ForwardConfig, PeerAddr, PeerConfig, ServiceConfig};
+    let readme = read("README.md");
+    // One of each entry, every optional key set, so that every key serializes.
+    let mut c = Config::default();
+    let id: peerpool::PeerId = "a".repeat(64).parse().unwrap();
+    c.peers = vec![PeerConfig {
+        name: "p".into(),
+        id: Some(id),
+        ids: vec![id],
+        addr: Some(PeerAddr::Name {
+            host: "p.test".into(),
+            port: 1,
+        }),
+    }];
+    c.forward = vec![ForwardConfig::new("127.0.0.1:1".parse().unwrap(), "p", "s")];
+    let mut svc = ServiceConfig::new("s", "127.0.0.1:2".parse().unwrap());
+    svc.allow = Some(vec!["p".into()]);
+    c.service = vec![svc];
+    c.admin.token_file = "t".into();
+    c.trust.ca = "ca.crt".into();
+    let value = toml::Value::try_from(&c).unwrap();
+    let mut missing = Vec::new();
+    for (table, v) in value.as_table().unwrap() {
+        match v {
+            toml::Value::Array(entries) => {
+                for key in entries[0].as_table().unwrap().keys() {
+                    let name = format!("`{table}.{key}`");
+                    if !readme.contains(&name) {
+                        missing.push(name);
+                    }
+                }
+            }
+            toml::Value::Table(keys) => {
+                let body = section(&readme, &format!("### `[{table}]`"));
+                for key in keys.keys() {
+                    if !body.contains(&format!("| `{key}` |")) {
+                        missing.push(format!("[{table}] {key}"));
+                    }
+                }
+            }
+            other => panic!("unexpected top-level {table} = {other:?}"),
+        }
+    }
+    assert!(missing.is_empty(), "README does not document: {missing:?}");
+}
+
+#[test]
+fn readme_documents_every_metric_status_and_command() {
+    let readme = read("README.md");
+    let metrics = read("src/metrics/mod.rs");
+    let names: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \"peerpool_"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(names.len() >= 25, "found the metric names: {names:?}");
+    let table = section(&readme, "## Observability");
+    for name in names {
+        assert!(
+            table.contains(&format!("| `{name}` |")),
+            "README's metric table lacks {name}"
+        );
+    }
+    let statuses = section(&readme, "### Stream header and status");
+    for s in peerpool::sidecar::header::Status::ALL {
+        let code = format!("| `0x{:02x}` |", s as u8);
+        assert!(
+            statuses.contains(&code),
+            "README's status table lacks {code}"
+        );
+    }
+    let commands = section(&readme, "## Command line");
+    for cmd in [
+        "keygen", "id", "ca init", "ca issue", "check", "run", "demo", "load",
+    ] {
+        assert!(
+            commands.contains(&format!("| `peerpool {cmd}")),
+            "README lacks `peerpool {cmd}`"
+        );
+    }
+    let admin = section(&readme, "### Admin API");
+    for route in [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /peers",
+        "POST /peers",
+        "DELETE /peers/{name}",
+        "POST /reload",
+    ] {
+        assert!(
+            admin.contains(&format!("| `{route}")),
+            "README's admin table lacks {route}"
+        );
+    }
+}

@@ -279,11 +279,15 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
     let echo = echo_upstream().await;
     let mut cfg = config(2, Strategy::RoundRobin);
     cfg.node.header_timeout = Duration::from_secs_f64(1.0);
+    let mut private = ServiceConfig::new("private", echo);
+    private.allow = Some(vec!["other".into()]);
     cfg.service = vec![
         ServiceConfig::new("echo", echo),
         ServiceConfig::new("dead", free_tcp()),
+        private,
     ];
-    let (node, a, idb) = serving_pair(cfg, vec![]).await;
+    let other = PeerConfig::pinned("other", Identity::generate().unwrap().id, None);
+    let (node, a, idb) = serving_pair(cfg, vec![other]).await;
     let idb = idb.id;
     let conns_before: Vec<u64> = a
         .get_connections(Some(&idb))
@@ -320,6 +324,11 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
             Status::Malformed,
         ),
         ("oversized", b"PS\x01\xff\xff".to_vec(), Status::TooLarge),
+        (
+            "a peer the service does not allow",
+            header::encode("private").unwrap(),
+            Status::Forbidden,
+        ),
         ("bad version", version2, Status::UnsupportedVersion),
         (
             "not utf-8",

@@ -1,4 +1,4 @@
-//! The `keygen`, `id` and `check` commands, run as a user runs them.
+//! The `keygen`, `id`, `ca` and `check` commands, run as a user runs them.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -217,6 +217,237 @@ fn every_listed_error_is_reported_one_line_each() {
         let lines = check_problems(d, body);
         assert_reported(&lines, needle);
     }
+}
+
+#[test]
+fn every_key_of_groups_trust_discovery_and_admin_names_itself_when_bad() {
+    let dir = example_dir();
+    let d = dir.path();
+    let id_b = "b".repeat(64);
+    let forward = |extra: &str| {
+        format!("[[peers]]\nname = \"b\"\nid = \"{id_b}\"\n[[forward]]\nlisten = \"127.0.0.1:7001\"\npeer = \"b\"\nservice = \"e\"\n{extra}")
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "[[peers]]\nname = \"b\"\nids = [\"zz\"]\n".into(),
+            "peers[0].ids: must be 64 lowercase hex",
+        ),
+        (
+            "[[peers]]\nname = \"b\"\naddr = \"bad host:1\"\n".into(),
+            "peers[0].addr: \"bad host:1\" is not IP:PORT or HOST:PORT",
+        ),
+        (
+            "[[peers]]\nname = \"b\"\n".into(),
+            "peers[0].id: give the peer's id (or ids), or set [trust] ca",
+        ),
+        (
+            "[trust]\nca = \"missing-ca.crt\"\n".into(),
+            "trust.ca: cannot read",
+        ),
+        ("[trust]\nca = \"keys/node.key\"\n".into(), "trust.ca:"),
+        (
+            "[discovery]\nrefresh_min = -1\n".into(),
+            "discovery.refresh_min: must be a number of seconds above 0",
+        ),
+        (
+            "[discovery]\nrefresh_min = 10\nrefresh_max = 5\n".into(),
+            "discovery.refresh_max: must be at least discovery.refresh_min (10), got 5",
+        ),
+        (
+            "[discovery]\nrefresh = 5\n".into(),
+            "discovery: unknown key `refresh`",
+        ),
+        (
+            "[outlier]\nconsecutive_failures = 0\n".into(),
+            "outlier.consecutive_failures: must be between 1 and 1000, got 0",
+        ),
+        (
+            "[outlier]\nmax_ejection_percent = 150\n".into(),
+            "outlier.max_ejection_percent: must be between 0 and 100, got 150",
+        ),
+        (
+            "[outlier]\nbase_ejection_time = 0\n".into(),
+            "outlier.base_ejection_time: must be a number of seconds above 0",
+        ),
+        (
+            forward("retries = 11\n"),
+            "forward[0].retries: must be between 0 and 10, got 11",
+        ),
+        (
+            "[[service]]\nname = \"e\"\nupstream = \"127.0.0.1:80\"\nallow = [\"nobody\"]\n".into(),
+            "service[0].allow[0]: names no peer: \"nobody\"",
+        ),
+        (
+            "[[service]]\nname = \"e\"\nupstream = \"127.0.0.1:80\"\nallow = []\n".into(),
+            "service[0].allow: is empty",
+        ),
+        (
+            "[admin]\ntoken_file = \"missing-token\"\n".into(),
+            "admin.token_file: cannot read",
+        ),
+        (
+            "[admin]\npublic = [\"/peerz\"]\n".into(),
+            "admin.public[0]: \"/peerz\" is not a GET path of the admin API",
+        ),
+        (
+            "[admin]\ntoken = \"x\"\ntoken_file = \"keys/node.crt\"\n".into(),
+            "admin.token_file: is set together with admin.token",
+        ),
+    ];
+    for (body, needle) in &cases {
+        let lines = check_problems(d, body);
+        assert_reported(&lines, needle);
+    }
+    // An empty token file is refused, a good one is read (trailing newline
+    // and all).
+    fs::write(d.join("token"), "\n").unwrap();
+    assert_reported(
+        &check_problems(d, "[admin]\ntoken_file = \"token\"\n"),
+        "admin.token_file: ",
+    );
+    fs::write(d.join("token"), "s3cret\n").unwrap();
+    let cfg = d.join("good.toml");
+    fs::write(&cfg, "[admin]\ntoken_file = \"token\"\n").unwrap();
+    let out = peerpool(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("token on"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn ca_init_and_issue_make_identities_that_id_and_check_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let ca_s = ca.to_str().unwrap();
+    assert_exit(&peerpool(&["ca", "init", "--out", ca_s]), 0);
+    let mode = fs::metadata(ca.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the CA key is private");
+    let ca_key = fs::read(ca.join("ca.key")).unwrap();
+    // Never overwritten without --force: exit 2, nothing touched.
+    let again = peerpool(&["ca", "init", "--out", ca_s]);
+    assert_exit(&again, 2);
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(fs::read(ca.join("ca.key")).unwrap(), ca_key);
+
+    let out_dir = dir.path().join("payments-1");
+    let out_s = out_dir.to_str().unwrap();
+    let issued = peerpool(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca_s,
+        "--name",
+        "payments",
+        "--out",
+        out_s,
+        "--valid-days",
+        "7",
+    ]);
+    assert_exit(&issued, 0);
+    let id = text(&issued.stdout).trim().to_string();
+    let mode = fs::metadata(out_dir.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let shown = peerpool(&["id", "--cert", out_dir.join("node.crt").to_str().unwrap()]);
+    assert_exit(&shown, 0);
+    assert_eq!(text(&shown.stdout), format!("{id}\nname payments\n"));
+    assert_exit(
+        &peerpool(&[
+            "ca", "issue", "--ca", ca_s, "--name", "payments", "--out", out_s,
+        ]),
+        2,
+    );
+    // A second replica: same name, its own key.
+    let second = dir.path().join("payments-2");
+    let other = peerpool(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca_s,
+        "--name",
+        "payments",
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert_exit(&other, 0);
+    assert_ne!(text(&other.stdout).trim(), id);
+
+    // Bad input: exit 2, one line naming it.
+    for (args, needle) in [
+        (
+            vec![
+                "ca",
+                "issue",
+                "--ca",
+                "/nonexistent",
+                "--name",
+                "x",
+                "--out",
+                out_s,
+                "--force",
+            ],
+            "/nonexistent",
+        ),
+        (
+            vec![
+                "ca", "issue", "--ca", ca_s, "--name", "Bad Name", "--out", out_s, "--force",
+            ],
+            "--name must be 1 to 32 characters",
+        ),
+        (
+            vec![
+                "ca",
+                "issue",
+                "--ca",
+                ca_s,
+                "--name",
+                "x",
+                "--out",
+                out_s,
+                "--force",
+                "--valid-days",
+                "4294967295",
+            ],
+            "--valid-days 4294967295",
+        ),
+    ] {
+        let out = peerpool(&args);
+        assert_exit(&out, 2);
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    // A node with the issued identity and the CA: a peer by name only.
+    let cfg = dir.path().join("node.toml");
+    fs::write(
+        &cfg,
+        "[node]\ncert = \"payments-1/node.crt\"\nkey = \"payments-1/node.key\"\n[trust]\nca = \"ca/ca.crt\"\n[[peers]]\nname = \"orders\"\naddr = \"orders.default.svc:4433\"\n",
+    )
+    .unwrap();
+    let out = peerpool(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("peerpool://orders"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use peerpool::{EndpointState, PeerId, PeerStatus};
 use peerpool_testkit::load::{self, Mode, Report};
 use peerpool_testkit::netns::{Guard, Host, Testbed};
 use peerpool_testkit::prelude::*;
+use peerpool_testkit::prom::{self, alert_expr, check_dashboard, query};
 
 const QUIC_PORT: u16 = 4433;
 const NAME: &str = "payments.test";
@@ -714,4 +715,75 @@ fn a_cut_link_is_noticed_within_the_idle_timeout_and_healed_when_it_returns() {
         used >= 60,
         "used again after the link returned: {used} of 600"
     );
+}
+
+#[test]
+fn the_group_panels_and_alerts_work_against_a_real_prometheus() {
+    // Two replicas, one failing: ejecting it takes half the endpoints out.
+    // A second peer whose name never resolves.
+    let bed = Bed::new(2, &[1], |c| {
+        c.peers.push(PeerConfig {
+            name: "ghost".into(),
+            id: None,
+            ids: Vec::new(),
+            addr: Some(PeerAddr::Name {
+                host: "ghost.test".into(),
+                port: QUIC_PORT,
+            }),
+        });
+    });
+    let listen = sock("127.0.0.1:9090");
+    let dir = bed.tb.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    let program = bed.client.command(require("prometheus", prom::HINT));
+    let _prom = prom::start(program, &dir, listen, &[sock(ADMIN)]);
+    let q = |expr: &str| bed.client.run(|| query(listen, expr));
+    wait_blocking(
+        "prometheus scrapes the client",
+        Duration::from_secs(30),
+        || q("up{job=\"peerpool\"} == 1").is_ok_and(|r| !r.is_empty()),
+    );
+    let load = bed.load(per_request(None, 2, Duration::from_secs(25)));
+
+    let ejected = alert_expr("PeerpoolEndpointsEjected");
+    wait_blocking(
+        "the half-ejected alert expression",
+        Duration::from_secs(20),
+        || q(&ejected).is_ok_and(|r| !r.is_empty()),
+    );
+    let dns = alert_expr("PeerpoolDnsResolutionFailing");
+    wait_blocking("the DNS alert expression", Duration::from_secs(20), || {
+        q(&dns).is_ok_and(|r| r.iter().any(|s| s["metric"]["peer"] == "ghost"))
+    });
+    let dns_now = q(&dns).unwrap_or_default();
+    assert!(
+        dns_now.iter().all(|s| s["metric"]["peer"] == "ghost"),
+        "the resolving group does not alert: {dns_now:?}"
+    );
+    let reload = alert_expr("PeerpoolConfigReloadFailed");
+    assert!(
+        q(&reload).is_ok_and(|r| r.is_empty()),
+        "no reload failed yet"
+    );
+    std::fs::write(&bed.client_config, "[pool]\nmax_connections_per_peer = 0\n").expect("write");
+    bed.client_node.signal("-HUP");
+    wait_blocking(
+        "the reload alert expression",
+        Duration::from_secs(20),
+        || q(&reload).is_ok_and(|r| !r.is_empty()),
+    );
+
+    let (checked, failures) = bed.client.run(|| check_dashboard(listen, &["Groups"]));
+    let report = join(load);
+    eprintln!(
+        "{checked} dashboard queries answered on the testbed; load {} requests, errors {:?}",
+        report.requests, report.errors
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(report.error_count(), 0, "{:?}", report.errors);
 }

@@ -2,81 +2,14 @@
 //! with traffic, a real Prometheus scraping them every second, and every
 //! PromQL expression of `grafana/dashboards/peerpool.json` run against it.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peerpool_testkit::prelude::*;
+use peerpool_testkit::prom::{self, alert_expr, check_dashboard, dashboard, panels, query, HINT};
 use serde_json::Value;
-
-const HINT: &str = "apt-get install -y prometheus (.ci/run does)";
-
-/// Runs a PromQL query; returns the result vector or the error text.
-fn query(prom: SocketAddr, expr: &str) -> Result<Vec<Value>, String> {
-    let url = format!("http://{prom}/api/v1/query?query={}", urlencode(expr));
-    let (status, body) = http("GET", &url, None, None);
-    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
-    if v["status"] != "success" {
-        return Err(format!("{status}: {body}"));
-    }
-    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Grafana's variables, as the dashboard would expand them with "All".
-fn substitute(expr: &str) -> String {
-    expr.replace("$__rate_interval", "10s")
-        .replace("$instance", ".*")
-        .replace("$peer", ".*")
-}
-
-struct Prometheus(std::process::Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_prometheus(dir: &Path, targets: &[SocketAddr]) -> (Prometheus, SocketAddr) {
-    let listen = free_tcp();
-    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: peerpool\n    static_configs:\n      - targets: [{}]\n",
-        repo("grafana/alerts.yaml").display(),
-        targets.join(", ")
-    );
-    let path = dir.join("prometheus.yml");
-    std::fs::write(&path, config).unwrap();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Command::new(require("prometheus", HINT))
-        .arg(format!("--config.file={}", path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    (Prometheus(child), listen)
-}
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -89,30 +22,9 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// (row title, panel) for every panel; panels follow their row.
-fn panels(dashboard: &Value) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let mut row = String::new();
-    for p in dashboard["panels"].as_array().unwrap() {
-        if p["type"] == "row" {
-            row = p["title"].as_str().unwrap().to_string();
-            // A collapsed row nests its panels.
-            for inner in p["panels"].as_array().into_iter().flatten() {
-                out.push((row.clone(), inner.clone()));
-            }
-        } else {
-            out.push((row.clone(), p.clone()));
-        }
-    }
-    out
-}
-
 #[test]
 fn the_dashboard_structure_is_sound() {
-    let d: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("grafana/dashboards/peerpool.json")).unwrap(),
-    )
-    .unwrap();
+    let d: Value = dashboard();
     assert!(d["schemaVersion"].as_u64().unwrap() >= 39);
     let vars: Vec<&str> = d["templating"]["list"]
         .as_array()
@@ -142,6 +54,7 @@ fn the_dashboard_structure_is_sound() {
             "Overview",
             "Connections",
             "Streams",
+            "Groups",
             "Network",
             "Sidecar",
             "Process"
@@ -211,18 +124,6 @@ fn promtool_check_metrics(text: &str) -> (bool, String) {
     )
 }
 
-fn alert_expr(name: &str) -> String {
-    let docs = yaml_documents(&repo("grafana/alerts.yaml"));
-    docs[0]["groups"][0]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["alert"] == name)
-        .and_then(|r| r["expr"].as_str())
-        .unwrap_or_else(|| panic!("no alert {name}"))
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_works_against_a_real_prometheus() {
     require("prometheus", HINT);
@@ -272,7 +173,8 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
             );
         }
 
-        let (prom, listen) = start_prometheus(&dir_path, &[a_admin, b_admin]);
+        let listen = free_tcp();
+        let prom = prom::start(prom::program(), &dir_path, listen, &[a_admin, b_admin]);
         wait_until(
             "prometheus scrapes both nodes",
             Duration::from_secs(30),
@@ -284,26 +186,7 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
                 .is_ok_and(|r| !r.is_empty())
         });
 
-        let dashboard: Value = serde_json::from_str(
-            &std::fs::read_to_string(repo("grafana/dashboards/peerpool.json")).unwrap(),
-        )
-        .unwrap();
-        let mut failures = Vec::new();
-        let mut checked = 0;
-        for (row, panel) in panels(&dashboard) {
-            let must_have_data = ["Overview", "Connections", "Streams"].contains(&row.as_str());
-            for target in panel["targets"].as_array().unwrap() {
-                let expr = substitute(target["expr"].as_str().unwrap());
-                checked += 1;
-                match query(listen, &expr) {
-                    Err(e) => failures.push(format!("[{row}] {}: {expr}: {e}", panel["title"])),
-                    Ok(r) if r.is_empty() && must_have_data => {
-                        failures.push(format!("[{row}] {}: {expr}: empty result", panel["title"]))
-                    }
-                    Ok(_) => {}
-                }
-            }
-        }
+        let (checked, failures) = check_dashboard(listen, &["Overview", "Connections", "Streams"]);
         assert!(
             failures.is_empty(),
             "{} of {checked} queries failed:\n{}",

@@ -79,6 +79,26 @@ ROWS = [
             (f"sum by (reason) (rate(peerpool_stream_open_failures_total{{{PSEL}}}[{RATE}]))", "{{reason}}"),
         ]),
     ]),
+    ("Groups", [
+        ("Endpoints by state", "timeseries", "none", [
+            (f"sum by (peer, state) (peerpool_endpoints{{{PSEL}}})", "{{peer}} {{state}}"),
+        ]),
+        ("Share of endpoints ejected", "timeseries", "percentunit", [
+            (f'sum by (peer) (peerpool_endpoints{{{PSEL}, state="ejected"}}) / sum by (peer) (peerpool_endpoints{{{PSEL}}}) or sum by (peer) (peerpool_endpoints{{{PSEL}}}) * 0', "{{peer}}"),
+        ]),
+        ("Ejections", "timeseries", "none", [
+            (f"sum by (peer) (increase(peerpool_ejections_total{{{PSEL}}}[{RATE}]))", "{{peer}}"),
+        ]),
+        ("DNS resolutions by result", "timeseries", "none", [
+            (f"sum by (peer, result) (increase(peerpool_dns_resolutions_total{{{PSEL}}}[{RATE}]))", "{{peer}} {{result}}"),
+        ]),
+        ("Forward retries by reason", "timeseries", "none", [
+            (f"sum by (forward, reason) (increase(peerpool_retries_total{{{SEL}}}[{RATE}]))", "{{forward}} {{reason}}"),
+        ]),
+        ("Config reloads by result", "timeseries", "none", [
+            (f"sum by (instance, result) (increase(peerpool_config_reloads_total{{{SEL}}}[{RATE}]))", "{{instance}} {{result}}"),
+        ]),
+    ]),
     ("Network", [
         ("RTT (min over the peer's connections)", "timeseries", "s", [
             (f"max by (peer) (peerpool_connection_rtt_seconds{{{PSEL}}})", "{{peer}}"),
@@ -173,7 +193,7 @@ def dashboard():
     return {
         "title": "peerpool",
         "uid": "peerpool",
-        "description": "peerpool: QUIC connection pools per peer, streams, sidecar forwards. Queries are proven against a real Prometheus by tests/observability.rs.",
+        "description": "peerpool: QUIC connection pools per peer, endpoints of peer groups, streams, sidecar forwards. Queries are proven against a real Prometheus by tests/observability.rs.",
         "tags": ["peerpool", "quic"],
         "schemaVersion": 39,
         "version": 1,

@@ -200,6 +200,23 @@ impl Config {
                 "must not contain spaces or control characters (it travels in an HTTP header)",
             ));
         }
+        if !self.admin.token.is_empty() && !self.admin.token_file.as_os_str().is_empty() {
+            p.push(Problem::new(
+                "admin.token_file",
+                "is set together with admin.token; keep one of them",
+            ));
+        }
+        for (i, path) in self.admin.public.iter().enumerate() {
+            if !super::schema::ADMIN_GET_PATHS.contains(&path.as_str()) {
+                p.push(Problem::new(
+                    format!("admin.public[{i}]"),
+                    format!(
+                        "{path:?} is not a GET path of the admin API; one of {}",
+                        super::schema::ADMIN_GET_PATHS.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 
     fn check_discovery_and_outliers(&self, p: &mut Vec<Problem>) {

@@ -134,6 +134,13 @@ impl Config {
             .ok();
         let own_id = identity.as_ref().map(|i| i.id);
         let mut problems = config.validate(own_id).err().unwrap_or_default();
+        if !config.admin.token_file.as_os_str().is_empty() {
+            config.admin.token_file = base.join(&config.admin.token_file);
+            match read_token(&config.admin.token_file) {
+                Ok(token) => config.admin.token = token,
+                Err(msg) => files.push(Problem::new("admin.token_file", msg)),
+            }
+        }
         problems.extend(files);
         match identity {
             Some(identity) if problems.is_empty() => Ok(Loaded {
@@ -244,6 +251,32 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
         }
         None => msg.to_string(),
     }
+}
+
+/// The admin token in `path`: its text without surrounding whitespace
+/// (files usually end in a newline), at most 4 KiB, non-empty.
+fn read_token(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() > 4096 {
+        return Err(format!(
+            "{} is {} bytes; a token is at most 4096",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty; put the token in it", path.display()));
+    }
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!(
+            "{} holds spaces or control characters inside the token (it travels in an HTTP header)",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
 }
 
 #[cfg(test)]

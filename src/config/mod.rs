@@ -19,7 +19,7 @@ pub use check::{check_peer, check_peer_name, PeerProblem};
 pub use load::{ConfigError, Loaded, Problem};
 pub use schema::{
     AdminConfig, Config, DiscoveryConfig, ForwardConfig, NodeConfig, OutlierConfig, PeerAddr,
-    PeerConfig, PoolConfig, RetryConfig, ServiceConfig, TrustConfig, MAX_CONFIG_BYTES,
-    MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES,
+    PeerConfig, PoolConfig, RetryConfig, ServiceConfig, TrustConfig, ADMIN_GET_PATHS,
+    MAX_CONFIG_BYTES, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES,
 };
 pub use units::{parse_addr, MAX_SECS};

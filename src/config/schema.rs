@@ -149,17 +149,29 @@ pub struct AdminConfig {
     /// HTTP address of /metrics /healthz /readyz /peers.
     #[serde(with = "units::addr")]
     pub listen: SocketAddr,
-    /// When set, every request except /healthz needs `Authorization: Bearer <token>`.
+    /// When set, every request except those to `public` paths needs
+    /// `Authorization: Bearer <token>`.
     pub token: String,
+    /// A file holding the token (a mounted Kubernetes Secret); read when
+    /// the config is loaded. Not together with `token`.
+    #[serde(skip_serializing_if = "crate::config::units::path_is_empty")]
+    pub token_file: PathBuf,
+    /// `GET` paths that need no token (probes, scrapers).
+    pub public: Vec<String>,
     #[serde(with = "units::non_negative_secs")]
     pub drain_timeout: Duration,
 }
+
+/// The `GET` paths `admin.public` may name.
+pub const ADMIN_GET_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/peers"];
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             token: String::new(),
+            token_file: PathBuf::new(),
+            public: vec!["/healthz".to_string()],
             drain_timeout: Duration::from_secs(10),
         }
     }

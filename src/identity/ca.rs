@@ -143,15 +143,20 @@ fn not_after(der: &[u8]) -> Option<i64> {
 }
 
 /// The peer name a certificate carries: its URI SAN `peerpool://NAME`.
+/// A certificate with several such names carries none (which one would it
+/// be?).
 pub fn name_of_cert(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(uri) => {
-            uri.strip_prefix(NAME_SCHEME).map(str::to_string)
-        }
+    let mut names = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(NAME_SCHEME),
         _ => None,
-    })
+    });
+    let name = names.next()?;
+    match names.next() {
+        None => Some(name.to_string()),
+        Some(_) => None,
+    }
 }
 
 fn ca_params() -> rcgen::CertificateParams {

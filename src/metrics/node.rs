@@ -4,7 +4,7 @@
 
 use metrics::Gauge;
 
-use super::labels::{ActorKind, HandshakeReason, InboundRefused};
+use super::labels::{ActorKind, HandshakeReason, InboundRefused, ReloadResult};
 use super::series::LabelledCounter;
 use super::*;
 use crate::pool::PeerState;
@@ -13,6 +13,7 @@ pub(crate) struct NodeMetrics {
     handshake: LabelledCounter<HandshakeReason>,
     refused: LabelledCounter<InboundRefused>,
     restarts: LabelledCounter<ActorKind>,
+    reloads: LabelledCounter<ReloadResult>,
     peers: Vec<Gauge>,
     pub(crate) ready: Gauge,
 }
@@ -23,9 +24,12 @@ impl NodeMetrics {
         handshake.create_all();
         let refused = LabelledCounter::new(INBOUND_REFUSED, Vec::new(), "reason");
         refused.create_all();
+        let reloads = LabelledCounter::new(CONFIG_RELOADS, Vec::new(), "result");
+        reloads.create_all();
         NodeMetrics {
             handshake,
             refused,
+            reloads,
             restarts: LabelledCounter::new(ACTOR_RESTARTS, Vec::new(), "actor"),
             peers: PeerState::ALL
                 .iter()
@@ -39,6 +43,7 @@ impl NodeMetrics {
         self.handshake.touch();
         self.refused.touch();
         self.restarts.touch();
+        self.reloads.touch();
         for g in &self.peers {
             g.increment(0.0);
         }

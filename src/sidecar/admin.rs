@@ -10,7 +10,8 @@
 //! | `DELETE /peers/{name}` | drains and removes: 202, 404 |
 //! | `POST /reload` | reads the config file again: 200 with what changed, 400 naming the problems (nothing changed), 409 without a file |
 //!
-//! With `admin.token` set, everything but `/healthz` answers 401 without
+//! With `admin.token` (or `admin.token_file`) set, everything but `GET`
+//! requests to `admin.public` paths (default `/healthz`) answers 401 without
 //! `Authorization: Bearer <token>`.
 
 use std::net::TcpListener;
@@ -52,13 +53,18 @@ fn error(status: actix_web::http::StatusCode, message: impl Into<String>) -> Htt
 
 /// Starts the admin server on `listener` (one worker thread) and returns
 /// the handle that stops it.
+/// `token` is needed for everything but `GET /healthz`.
 pub fn start(
     listener: TcpListener,
     pool: Pool,
     metrics: PrometheusHandle,
     token: String,
 ) -> std::io::Result<ServerHandle> {
-    serve(listener, pool, None, metrics, token)
+    let access = Access {
+        token,
+        public: vec!["/healthz".into()],
+    };
+    serve(listener, pool, None, metrics, access)
 }
 
 /// The admin server of a sidecar node, with `POST /reload`.
@@ -66,9 +72,9 @@ pub(crate) fn start_node(
     listener: TcpListener,
     live: Arc<Live>,
     metrics: PrometheusHandle,
-    token: String,
+    access: Access,
 ) -> std::io::Result<ServerHandle> {
-    serve(listener, live.pool.clone(), Some(live), metrics, token)
+    serve(listener, live.pool.clone(), Some(live), metrics, access)
 }
 
 fn serve(
@@ -76,7 +82,7 @@ fn serve(
     pool: Pool,
     live: Option<Arc<Live>>,
     metrics: PrometheusHandle,
-    token: String,
+    access: Access,
 ) -> std::io::Result<ServerHandle> {
     let process = metrics_process::Collector::default();
     process.describe();
@@ -86,7 +92,7 @@ fn serve(
         metrics,
         process,
     });
-    let token = web::Data::new(Token(token));
+    let token = web::Data::new(access);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -129,7 +135,12 @@ fn serve(
     Ok(handle)
 }
 
-struct Token(String);
+/// Who may call what: with a token set, only `GET` requests to `public`
+/// paths go without it.
+pub(crate) struct Access {
+    pub(crate) token: String,
+    pub(crate) public: Vec<String>,
+}
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -140,11 +151,15 @@ async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let token = req
-        .app_data::<web::Data<Token>>()
-        .map(|t| t.0.clone())
+    let (token, public) = req
+        .app_data::<web::Data<Access>>()
+        .map(|a| {
+            let public = req.method() == actix_web::http::Method::GET
+                && a.public.iter().any(|p| p == req.path());
+            (a.token.clone(), public)
+        })
         .unwrap_or_default();
-    let open = token.is_empty() || req.path() == "/healthz";
+    let open = token.is_empty() || public;
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

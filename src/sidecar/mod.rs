@@ -114,7 +114,10 @@ impl Node {
         ));
         let admin_addr = local(&listeners.admin);
         let drain_timeout = config.admin.drain_timeout;
-        let token = config.admin.token.clone();
+        let access = admin::Access {
+            token: config.admin.token.clone(),
+            public: config.admin.public.clone(),
+        };
         let file_config = config.clone();
         let handler = Arc::new(services.clone());
         let pool = Pool::start_trusting(config, identity, trust, handler, listeners.udp)?;
@@ -139,7 +142,7 @@ impl Node {
             file_config,
             source,
         ));
-        let admin = admin::start_node(listeners.admin, live.clone(), metrics, token)
+        let admin = admin::start_node(listeners.admin, live.clone(), metrics, access)
             .map_err(bind_err("admin.listen", admin_addr))?;
         // Forwards and services live as long as the node: their series are
         // touched so the idle timeout never drops them.

@@ -25,6 +25,7 @@ pub mod net;
 pub mod netns;
 pub mod pools;
 pub mod procs;
+pub mod prom;
 pub mod relay;
 pub mod stats;
 pub mod wait;
