@@ -435,7 +435,9 @@ async fn overload_waits_then_fails_and_healthz_stays_responsive() {
         "2000 clients in {:?}: {served} served, {refused} refused (slowest refusal {slowest_refusal:?}); /healthz answered {answered} times, worst {worst:?}",
         started.elapsed()
     );
-    assert!(served >= 300, "only {served} streams were served");
+    // Every stream slot served: 3 connections x 100, less the control
+    // stream each dialled connection keeps in one of b's slots.
+    assert!(served >= 3 * 99, "only {served} streams were served");
     assert!(refused > 0, "nothing waited: the limit was not reached");
     // Refused after waiting up to stream_open_timeout (2 s), plus connect
     // and scheduling slack for 2,000 clients on 2 cores.
