@@ -255,6 +255,9 @@ fn run(path: PathBuf, format: LogFormat) -> ExitCode {
             );
         }
     };
+    for w in loaded.warnings() {
+        tracing::warn!("{w}");
+    }
     let listeners = match Listeners::bind(&loaded.config) {
         Ok(l) => l,
         Err(e) => return fail(1, &e.to_string()),
@@ -441,6 +444,9 @@ fn identity_failure(e: IdentityError) -> ExitCode {
 fn check(path: PathBuf) -> ExitCode {
     match Config::load(&path) {
         Ok(loaded) => {
+            for w in loaded.warnings() {
+                eprintln!("warning: {w}");
+            }
             print!("{}", summary(&path, &loaded));
             ExitCode::SUCCESS
         }

@@ -514,3 +514,41 @@ fn hostile_files_are_refused_cleanly() {
         2,
     );
 }
+
+#[test]
+fn an_admin_api_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
+    let dir = example_dir();
+    let d = dir.path();
+    let open = "[admin]\nlisten = \"0.0.0.0:9464\"\n";
+    let lines = check_problems(d, open);
+    assert_reported(
+        &lines,
+        "admin.listen: 0.0.0.0:9464 is reachable beyond this host",
+    );
+    assert_reported(&lines, "admin.allow_unauthenticated = true");
+    // `run` refuses it the same way, before binding anything.
+    let cfg = d.join("bad.toml");
+    let out = peerpool(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("admin.listen"),
+        "{}",
+        text(&out.stderr)
+    );
+    for ok in [
+        format!("{open}token = \"s3cret\"\n"),
+        format!("{open}allow_unauthenticated = true\n"),
+        "[admin]\nlisten = \"127.0.0.2:9464\"\n".to_string(),
+        "[admin]\nlisten = \"[::1]:9464\"\n".to_string(),
+    ] {
+        let cfg = d.join("ok.toml");
+        fs::write(&cfg, &ok).unwrap();
+        let out = peerpool(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_exit(&out, 0);
+    }
+    let token_file = d.join("token");
+    fs::write(&token_file, "from-a-secret\n").unwrap();
+    let cfg = d.join("ok.toml");
+    fs::write(&cfg, format!("{open}token_file = \"token\"\n")).unwrap();
+    assert_exit(&peerpool(&["check", "--config", cfg.to_str().unwrap()]), 0);
+}

@@ -556,3 +556,183 @@ async fn a_slow_consumer_is_held_back_and_disturbs_no_one() {
         None,
     );
 }
+
+/// How one side of a killed transfer saw it end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// A reset or another error: what a cut transfer must look like.
+    Error,
+    /// A clean end of stream before the transfer was complete: a false FIN.
+    CleanEof,
+    /// Nothing within the bound.
+    Hung,
+}
+
+const TRANSFER: u64 = 200 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+/// Reads until an error or EOF; `progress` counts bytes.
+async fn read_until_end(mut r: impl AsyncReadExt + Unpin, progress: Arc<AtomicU64>) -> End {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), r.read(&mut buf)).await {
+            Err(_) => return End::Hung,
+            Ok(Err(_)) => return End::Error,
+            Ok(Ok(0)) => return End::CleanEof,
+            Ok(Ok(n)) => {
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Writes `TRANSFER` bytes, paced (about 30 MB/s), until an error.
+async fn write_slowly(mut w: impl AsyncWriteExt + Unpin) -> End {
+    let chunk = vec![9u8; CHUNK];
+    let mut sent = 0;
+    while sent < TRANSFER {
+        match tokio::time::timeout(Duration::from_secs(15), w.write_all(&chunk)).await {
+            Err(_) => return End::Hung,
+            Ok(Err(_)) => return End::Error,
+            Ok(Ok(())) => sent += CHUNK as u64,
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Wrote everything: the kill came too late to cut anything.
+    End::CleanEof
+}
+
+/// One side of a transfer: it writes (download upstream, upload client)
+/// or reads, and also watches the other half for a false end.
+async fn side(tcp: tokio::net::TcpStream, writes: bool, progress: Arc<AtomicU64>) -> End {
+    let (r, w) = tcp.into_split();
+    if writes {
+        // A writer must see its write fail, and never an EOF from a peer
+        // that sent nothing.
+        let ignore = Arc::new(AtomicU64::new(0));
+        tokio::select! {
+            e = write_slowly(w) => e,
+            e = read_until_end(r, ignore) => e,
+        }
+    } else {
+        let _w = w;
+        read_until_end(r, progress).await
+    }
+}
+
+/// An upstream that serves one transfer per connection: a download (it
+/// writes) or an upload (it reads); each connection's end is sent on `ends`.
+async fn transfer_upstream(
+    download: bool,
+    progress: Arc<AtomicU64>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<End>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let (tx, progress) = (tx.clone(), progress.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(side(c, download, progress).await);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Kills the forwarding node (a) or the serving node (b) in the middle of a
+/// slow 200 MB download or upload, ten times each: the client and the
+/// upstream must each see an error, never a clean end.
+async fn kill_during_transfers(kill_forwarder: bool) {
+    for download in [true, false] {
+        let progress = Arc::new(AtomicU64::new(0));
+        let (upstream, mut upstream_ends) = transfer_upstream(download, progress.clone()).await;
+        let s = setup_with(upstream, |a, b| {
+            for c in [a, b] {
+                c.node.keep_alive_interval = Duration::from_millis(300);
+                c.node.idle_timeout = Duration::from_secs(2);
+                c.retry.max_delay = Duration::from_millis(500);
+            }
+        });
+        let mut b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
+        let mut a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+        let mut outcomes = Vec::new();
+        for run in 0..10 {
+            // Both nodes up and every connection between them a live one:
+            // b (new or not) holds a's three.
+            let (a_admin, b_admin) = (s.a_admin, s.b_admin);
+            tokio::task::spawn_blocking(move || {
+                wait_ready(a_admin, "node a", Duration::from_secs(20));
+                wait_blocking(
+                    "a's connections to the live b",
+                    Duration::from_secs(20),
+                    || usable_to(b_admin, "a") == Some(3) && usable_to(a_admin, "b") == Some(3),
+                );
+            })
+            .await
+            .unwrap();
+            progress.store(0, Ordering::Relaxed);
+            let tcp = tokio::net::TcpStream::connect(s.forward).await.unwrap();
+            let client = tokio::spawn(side(tcp, !download, progress.clone()));
+            // Cut it somewhere past the first 4 MB.
+            let moving = Instant::now();
+            while progress.load(Ordering::Relaxed) < 4 * 1024 * 1024 {
+                assert!(
+                    moving.elapsed() < Duration::from_secs(20),
+                    "run {run}: no progress"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if kill_forwarder {
+                a.kill();
+                a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+            } else {
+                b.kill();
+                b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
+            }
+            let client_end = client.await.unwrap();
+            let upstream_end = tokio::time::timeout(Duration::from_secs(20), upstream_ends.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(End::Hung);
+            outcomes.push((
+                client_end,
+                upstream_end,
+                progress.load(Ordering::Relaxed) >> 20,
+            ));
+        }
+        let killed = if kill_forwarder {
+            "forwarding"
+        } else {
+            "serving"
+        };
+        let what = if download { "download" } else { "upload" };
+        println!(
+            "SIGKILL of the {killed} node during a {what}: (client, upstream, MiB) {outcomes:?}"
+        );
+        for (run, (client, upstream, _)) in outcomes.iter().enumerate() {
+            assert_eq!(
+                *client,
+                End::Error,
+                "run {run}: the client saw {client:?} ({killed} node, {what})"
+            );
+            assert_eq!(
+                *upstream,
+                End::Error,
+                "run {run}: the upstream saw {upstream:?} ({killed} node, {what})"
+            );
+        }
+        drop((a, b));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_forwarding_node_never_ends_a_transfer_cleanly() {
+    kill_during_transfers(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_serving_node_never_ends_a_transfer_cleanly() {
+    kill_during_transfers(false).await;
+}

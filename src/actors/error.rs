@@ -30,6 +30,8 @@ pub enum PoolError {
     InvalidPeer(String),
     #[error("cannot start the pool: {0}")]
     Start(#[source] BindError),
+    #[error("cannot start the pool: the config is invalid: {0}")]
+    Config(String),
     #[error("the pool has stopped")]
     Stopped,
 }
@@ -45,7 +47,9 @@ impl PoolError {
             PoolError::Draining { .. } => FailureReason::Draining,
             PoolError::Connection { .. } => FailureReason::Connection,
             PoolError::PeerExists(_) | PoolError::InvalidPeer(_) => FailureReason::Invalid,
-            PoolError::Start(_) | PoolError::Stopped => FailureReason::Stopped,
+            PoolError::Start(_) | PoolError::Config(_) | PoolError::Stopped => {
+                FailureReason::Stopped
+            }
         }
     }
 }

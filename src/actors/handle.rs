@@ -71,13 +71,19 @@ impl Pool {
         handler: Arc<dyn StreamHandler>,
         socket: std::net::UdpSocket,
     ) -> Result<Pool, PoolError> {
+        config.validate_pool().map_err(|problems| {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            PoolError::Config(all.join("; "))
+        })?;
         let trust = trust.map(Arc::new);
         let registry = Arc::new(Registry::new(config.node.accept_unknown_peers));
+        let gate = transport::GateHandle::new(config.handshake.gate_rules());
         let endpoint = transport::endpoint_trusting(
             &config.node,
             &identity,
             registry.clone(),
             trust.clone(),
+            Some(gate.clone()),
             socket,
         )
         .map_err(PoolError::Start)?;
@@ -96,7 +102,11 @@ impl Pool {
             handler,
         ));
         let supervisor = Supervisor::start(node.clone())?;
-        actix::spawn(accept_loop(node.clone(), supervisor.clone().recipient()));
+        actix::spawn(accept_loop(
+            node.clone(),
+            gate,
+            supervisor.clone().recipient(),
+        ));
         tracing::info!(id = %node.local_id(), listen = %local_addr, "pool started");
         Ok(Pool { node, supervisor })
     }
@@ -108,6 +118,11 @@ impl Pool {
     /// The UDP address the endpoint is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.node.local_addr
+    }
+
+    /// Whether the supervisor still runs (`GET /healthz`).
+    pub fn is_running(&self) -> bool {
+        self.supervisor.connected()
     }
 
     pub fn config(&self) -> &Config {

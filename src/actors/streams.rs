@@ -116,10 +116,7 @@ impl PooledStream {
         let guard = Arc::new(guard);
         PooledStream {
             outcome: StreamOutcome { endpoint, opened },
-            send: PooledSend {
-                inner: send,
-                _guard: guard.clone(),
-            },
+            send: PooledSend::new(send, guard.clone()),
             recv: PooledRecv {
                 inner: recv,
                 _guard: guard,
@@ -160,10 +157,7 @@ impl IncomingStream {
             peer,
             peer_id,
             remote,
-            send: PooledSend {
-                inner: send,
-                _guard: guard.clone(),
-            },
+            send: PooledSend::new(send, guard.clone()),
             recv: PooledRecv {
                 inner: recv,
                 _guard: guard,
@@ -188,9 +182,48 @@ where
 }
 
 /// The sending half of a pooled stream; derefs to [`quinn::SendStream`].
+///
+/// End it with [`PooledSend::finish`] (or `AsyncWrite::poll_shutdown`):
+/// dropped otherwise (a failed or aborted task, a panic) it is reset with
+/// code `0x17`, where quinn would finish it, so the peer never takes a cut
+/// stream for a complete one. (A `finish` called on the inner
+/// `quinn::SendStream` is not seen: the drop then resets the stream.)
 pub struct PooledSend {
     inner: quinn::SendStream,
+    /// Finished or reset on purpose.
+    ended: bool,
     _guard: Arc<StreamGuard>,
+}
+
+impl PooledSend {
+    fn new(inner: quinn::SendStream, guard: Arc<StreamGuard>) -> PooledSend {
+        PooledSend {
+            inner,
+            ended: false,
+            _guard: guard,
+        }
+    }
+
+    /// Finishes the stream: the peer reads to its end.
+    pub fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
+        self.ended = true;
+        self.inner.finish()
+    }
+
+    /// Resets the stream with `code`.
+    pub fn reset(&mut self, code: quinn::VarInt) -> Result<(), quinn::ClosedStream> {
+        self.ended = true;
+        self.inner.reset(code)
+    }
+}
+
+impl Drop for PooledSend {
+    fn drop(&mut self) {
+        if !self.ended {
+            let code = quinn::VarInt::from_u32(crate::transport::codes::stream::DROPPED);
+            let _ = self.inner.reset(code);
+        }
+    }
 }
 
 /// The receiving half of a pooled stream; derefs to [`quinn::RecvStream`].
@@ -239,6 +272,7 @@ impl AsyncWrite for PooledSend {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.ended = true;
         AsyncWrite::poll_shutdown(Pin::new(&mut self.inner), cx)
     }
 }

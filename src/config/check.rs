@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
+use super::limits::{stream_reservation, AddressValidation, HandshakeConfig};
 use super::load::Problem;
 use super::schema::{Config, PeerConfig, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES};
 use crate::identity::PeerId;
@@ -90,14 +91,34 @@ impl Config {
     /// Checks everything serde cannot: ranges, orderings, cross-references.
     /// `own_id` is this node's id, when its identity has been loaded.
     pub fn validate(&self, own_id: Option<PeerId>) -> Result<(), Vec<Problem>> {
-        let mut p = Vec::new();
-        self.check_node(&mut p);
-        self.check_pool(&mut p);
-        self.check_retry(&mut p);
+        let mut p = self.validate_pool().err().unwrap_or_default();
         self.check_admin(&mut p);
         self.check_discovery_and_outliers(&mut p);
         self.check_peers(&mut p, own_id);
         self.check_forwards_and_services(&mut p);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    /// The rules of what `Pool::start` uses (`[node]`, `[pool]`, `[retry]`,
+    /// `[handshake]` and the buffer keys), for library users who build a
+    /// `Config` in code.
+    pub fn validate_pool(&self) -> Result<(), Vec<Problem>> {
+        let mut p = Vec::new();
+        self.check_node(&mut p);
+        self.check_pool(&mut p);
+        self.check_retry(&mut p);
+        let n = &self.node;
+        let windows = Windows {
+            stream_receive_window: n.stream_receive_window,
+            receive_window: n.receive_window,
+            send_window: n.send_window,
+            stream_memory: n.stream_memory,
+        };
+        check_limits(&windows, &self.handshake, &mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -204,6 +225,19 @@ impl Config {
             p.push(Problem::new(
                 "admin.token_file",
                 "is set together with admin.token; keep one of them",
+            ));
+        }
+        let a = &self.admin;
+        let no_token = a.token.is_empty() && a.token_file.as_os_str().is_empty();
+        if no_token && !a.listen.ip().is_loopback() && !a.allow_unauthenticated {
+            p.push(Problem::new(
+                "admin.listen",
+                format!(
+                    "{} is reachable beyond this host and no admin.token or admin.token_file is set: \
+                     anyone who reaches it could add and remove peers. Set a token, listen on \
+                     127.0.0.1, or set admin.allow_unauthenticated = true",
+                    a.listen
+                ),
             ));
         }
         for (i, path) in self.admin.public.iter().enumerate() {
@@ -345,5 +379,80 @@ impl Config {
                 ));
             }
         }
+    }
+}
+
+/// The node's buffer keys, as `check` needs them.
+struct Windows {
+    stream_receive_window: u64,
+    receive_window: u64,
+    send_window: u64,
+    stream_memory: u64,
+}
+
+fn check_limits(b: &Windows, h: &HandshakeConfig, p: &mut Vec<Problem>) {
+    const MIB: u64 = 1024 * 1024;
+    let range = |key: &str, v: u64, lo: u64, hi: u64, p: &mut Vec<Problem>| {
+        if !(lo..=hi).contains(&v) {
+            p.push(Problem::new(
+                key,
+                format!("must be between {lo} and {hi} bytes, got {v}"),
+            ));
+        }
+    };
+    range(
+        "node.stream_receive_window",
+        b.stream_receive_window,
+        16 * 1024,
+        64 * MIB,
+        p,
+    );
+    range(
+        "node.receive_window",
+        b.receive_window,
+        16 * 1024,
+        4096 * MIB,
+        p,
+    );
+    range("node.send_window", b.send_window, 16 * 1024, 4096 * MIB, p);
+    if b.receive_window < b.stream_receive_window {
+        p.push(Problem::new(
+            "node.receive_window",
+            format!(
+                "must be at least node.stream_receive_window ({}), got {}",
+                b.stream_receive_window, b.receive_window
+            ),
+        ));
+    }
+    let one = stream_reservation(b.stream_receive_window);
+    if b.stream_memory < one {
+        p.push(Problem::new(
+            "node.stream_memory",
+            format!(
+                "must hold at least one stream ({one} bytes: stream_receive_window + 64 KiB), got {}",
+                b.stream_memory
+            ),
+        ));
+    }
+    if !(1..=100_000).contains(&h.max_pending) {
+        p.push(Problem::new(
+            "handshake.max_pending",
+            format!("must be between 1 and 100000, got {}", h.max_pending),
+        ));
+    }
+    if h.validate_above == 0 && h.address_validation == AddressValidation::Auto {
+        p.push(Problem::new(
+            "handshake.validate_above",
+            "must be above 0 with address_validation = \"auto\" (use \"always\" to validate every handshake)",
+        ));
+    }
+    if h.failures_per_source > 1000 {
+        p.push(Problem::new(
+            "handshake.failures_per_source",
+            format!(
+                "must be between 0 (off) and 1000, got {}",
+                h.failures_per_source
+            ),
+        ));
     }
 }

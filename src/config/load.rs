@@ -83,6 +83,23 @@ pub struct Loaded {
     pub trust: Option<Trust>,
 }
 
+impl Loaded {
+    /// What is allowed but unwise: a private key (`node.key`) that the
+    /// group or others may read. `run` logs these, `check` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let key = &self.config.node.key;
+        match std::fs::metadata(key) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => vec![format!(
+                "node.key: {} is mode {:o}: others than its owner may read the private key; chmod 600 it",
+                key.display(),
+                m.permissions().mode() & 0o777
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates the file at `path` and loads the identity
     /// it names; relative cert and key paths resolve against its folder.
@@ -170,13 +187,14 @@ impl Config {
                 "discovery" => section(&mut problems, "discovery", value, &mut config.discovery),
                 "trust" => section(&mut problems, "trust", value, &mut config.trust),
                 "outlier" => section(&mut problems, "outlier", value, &mut config.outlier),
+                "handshake" => section(&mut problems, "handshake", value, &mut config.handshake),
                 "peers" => array(&mut problems, "peers", value, &mut config.peers),
                 "forward" => array(&mut problems, "forward", value, &mut config.forward),
                 "service" => array(&mut problems, "service", value, &mut config.service),
                 other => problems.push(Problem::new(
                     other,
                     "unknown key; the top level allows [node], [pool], [retry], [admin], \
-                     [discovery], [trust], [outlier], [[peers]], [[forward]] and [[service]]",
+                     [discovery], [trust], [outlier], [handshake], [[peers]], [[forward]] and [[service]]",
                 )),
             }
         }

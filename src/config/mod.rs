@@ -6,16 +6,19 @@
 //! - `units`: seconds as floats in the file, `Duration` in the program, and
 //!   `IP:PORT` addresses, each with a message that says what is expected;
 //! - `check`: the rules serde cannot express, one message per rule;
+//! - `limits`: `[handshake]` and the rules of the buffer keys of `[node]`;
 //! - `load`: reading a file and reporting every problem at once, each naming
 //!   the key, the bad value and what is allowed, e.g.
 //!   `pool.max_connections_per_peer: must be between 1 and 64, got 0`.
 
 mod check;
+pub mod limits;
 mod load;
 mod schema;
 mod units;
 
 pub use check::{check_peer, check_peer_name, PeerProblem};
+pub use limits::{stream_reservation, AddressValidation, HandshakeConfig};
 pub use load::{ConfigError, Loaded, Problem};
 pub use schema::{
     AdminConfig, Config, DiscoveryConfig, ForwardConfig, NodeConfig, OutlierConfig, PeerAddr,

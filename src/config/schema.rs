@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::HandshakeConfig;
 use super::units;
 use crate::identity::PeerId;
 use crate::pool::{RetryPolicy, Strategy};
@@ -28,6 +29,7 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub trust: TrustConfig,
     pub outlier: OutlierConfig,
+    pub handshake: HandshakeConfig,
     pub peers: Vec<PeerConfig>,
     pub forward: Vec<ForwardConfig>,
     pub service: Vec<ServiceConfig>,
@@ -58,6 +60,18 @@ pub struct NodeConfig {
     /// UDP socket buffer sizes in bytes (the kernel caps them at its maximum).
     pub udp_send_buffer: usize,
     pub udp_recv_buffer: usize,
+    /// Bytes a peer may send on one stream before this node has read them.
+    pub stream_receive_window: u64,
+    /// Bytes a peer may send on one connection (all its streams) before
+    /// this node has read them.
+    pub receive_window: u64,
+    /// Bytes of application writes kept per connection until the peer
+    /// acknowledges them.
+    pub send_window: u64,
+    /// What all sidecar streams together may reserve in buffers
+    /// (`limits::stream_reservation` each); past it a forward waits for
+    /// room and a service refuses with `0x09 overloaded`.
+    pub stream_memory: u64,
 }
 
 impl Default for NodeConfig {
@@ -74,6 +88,10 @@ impl Default for NodeConfig {
             header_timeout: Duration::from_secs(5),
             udp_send_buffer: 4 * 1024 * 1024,
             udp_recv_buffer: 4 * 1024 * 1024,
+            stream_receive_window: 128 * 1024,
+            receive_window: 64 * 1024 * 1024,
+            send_window: 2 * 1024 * 1024,
+            stream_memory: 128 * 1024 * 1024,
         }
     }
 }
@@ -160,6 +178,8 @@ pub struct AdminConfig {
     pub public: Vec<String>,
     #[serde(with = "units::non_negative_secs")]
     pub drain_timeout: Duration,
+    /// Lets `listen` be reachable beyond loopback with no token.
+    pub allow_unauthenticated: bool,
 }
 
 /// The `GET` paths `admin.public` may name.
@@ -173,6 +193,7 @@ impl Default for AdminConfig {
             token_file: PathBuf::new(),
             public: vec!["/healthz".to_string()],
             drain_timeout: Duration::from_secs(10),
+            allow_unauthenticated: false,
         }
     }
 }

@@ -97,6 +97,20 @@ labels! {
 }
 
 labels! {
+    /// What the gate in front of handshakes did with an Initial
+    /// (`[handshake]`; accepted ones are not counted here).
+    GateVerdict {
+        /// Its source address failed too often and cools off: dropped
+        /// without an answer, before any cryptography.
+        Ignored => "ignored",
+        /// `handshake.max_pending` handshakes were under way.
+        Refused => "refused",
+        /// Answered with a QUIC Retry (address validation).
+        Retried => "retried",
+    }
+}
+
+labels! {
     /// Why an inbound connection was refused after its handshake.
     InboundRefused {
         OverLimit => "over_limit",
@@ -142,6 +156,9 @@ labels! {
         HeaderTooLarge => "header_too_large",
         /// The service does not allow the calling peer (`allow`).
         Forbidden => "forbidden",
+        /// No room in the node's stream memory (`node.stream_memory`):
+        /// a service refused with `0x09`, or a forward waited in vain.
+        Overloaded => "overloaded",
         /// No stream could be opened: the peer is unreachable, and so on.
         Unreachable => "unreachable",
         NoConnection => "no_connection",

@@ -27,8 +27,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
 use labels::{
-    list, ActorKind, CloseReason, DialResult, DnsResult, FailureReason, HandshakeReason,
-    InboundRefused, Label, ReloadResult, RetryReason, TransferResult,
+    list, ActorKind, CloseReason, DialResult, DnsResult, FailureReason, GateVerdict,
+    HandshakeReason, InboundRefused, Label, ReloadResult, RetryReason, TransferResult,
 };
 
 pub const BUILD_INFO: &str = "peerpool_build_info";
@@ -60,6 +60,10 @@ pub const EJECTIONS: &str = "peerpool_ejections_total";
 pub const DNS_RESOLUTIONS: &str = "peerpool_dns_resolutions_total";
 pub const RETRIES: &str = "peerpool_retries_total";
 pub const CONFIG_RELOADS: &str = "peerpool_config_reloads_total";
+pub const HANDSHAKE_GATE: &str = "peerpool_handshake_gate_total";
+pub const HANDSHAKES_PENDING: &str = "peerpool_handshakes_pending";
+pub const STREAM_MEMORY: &str = "peerpool_stream_memory_bytes";
+pub const STREAM_MEMORY_LIMIT: &str = "peerpool_stream_memory_limit_bytes";
 
 /// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s, two
 /// per decade (every bucket is a series per peer, and series cost render
@@ -267,6 +271,27 @@ fn describe() {
         )
     );
     describe_counter!(
+        HANDSHAKE_GATE,
+        format!(
+            "Inbound Initials not let through to a handshake, by verdict ({}).",
+            list::<GateVerdict>()
+        )
+    );
+    describe_gauge!(
+        HANDSHAKES_PENDING,
+        "Inbound handshakes under way (handshake.max_pending caps them)."
+    );
+    describe_gauge!(
+        STREAM_MEMORY,
+        Unit::Bytes,
+        "Stream memory reserved by the sidecar streams alive now (each stream_receive_window + 64 KiB)."
+    );
+    describe_gauge!(
+        STREAM_MEMORY_LIMIT,
+        Unit::Bytes,
+        "node.stream_memory: past it forwards wait and services refuse with 0x09 overloaded."
+    );
+    describe_counter!(
         CONFIG_RELOADS,
         format!(
             "Config reloads (SIGHUP, POST /reload), by result ({}).",
@@ -278,6 +303,16 @@ fn describe() {
 /// Counts a handshake refused for `reason`.
 pub(crate) fn handshake_failure(reason: HandshakeReason) {
     metrics::counter!(HANDSHAKE_FAILURES, "reason" => reason.as_str()).increment(1);
+}
+
+/// Counts an Initial the handshake gate did not let through.
+pub(crate) fn handshake_gate(verdict: GateVerdict) {
+    metrics::counter!(HANDSHAKE_GATE, "verdict" => verdict.as_str()).increment(1);
+}
+
+/// Inbound handshakes under way.
+pub(crate) fn handshakes_pending(n: usize) {
+    metrics::gauge!(HANDSHAKES_PENDING).set(n as f64);
 }
 
 /// Counts an inbound connection refused after its handshake.

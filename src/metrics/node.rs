@@ -4,7 +4,7 @@
 
 use metrics::Gauge;
 
-use super::labels::{ActorKind, HandshakeReason, InboundRefused, ReloadResult};
+use super::labels::{ActorKind, GateVerdict, HandshakeReason, InboundRefused, ReloadResult};
 use super::series::LabelledCounter;
 use super::*;
 use crate::pool::PeerState;
@@ -12,6 +12,7 @@ use crate::pool::PeerState;
 pub(crate) struct NodeMetrics {
     handshake: LabelledCounter<HandshakeReason>,
     refused: LabelledCounter<InboundRefused>,
+    gate: LabelledCounter<GateVerdict>,
     restarts: LabelledCounter<ActorKind>,
     reloads: LabelledCounter<ReloadResult>,
     peers: Vec<Gauge>,
@@ -24,11 +25,14 @@ impl NodeMetrics {
         handshake.create_all();
         let refused = LabelledCounter::new(INBOUND_REFUSED, Vec::new(), "reason");
         refused.create_all();
+        let gate = LabelledCounter::new(HANDSHAKE_GATE, Vec::new(), "verdict");
+        gate.create_all();
         let reloads = LabelledCounter::new(CONFIG_RELOADS, Vec::new(), "result");
         reloads.create_all();
         NodeMetrics {
             handshake,
             refused,
+            gate,
             reloads,
             restarts: LabelledCounter::new(ACTOR_RESTARTS, Vec::new(), "actor"),
             peers: PeerState::ALL
@@ -42,6 +46,7 @@ impl NodeMetrics {
     pub(crate) fn touch(&self) {
         self.handshake.touch();
         self.refused.touch();
+        self.gate.touch();
         self.restarts.touch();
         self.reloads.touch();
         for g in &self.peers {

@@ -71,3 +71,9 @@ impl ServiceMetrics {
         self.results.touch();
     }
 }
+
+/// The node's stream memory: reserved now, and its limit.
+pub(crate) fn stream_memory(reserved: u64, limit: u64) {
+    metrics::gauge!(STREAM_MEMORY).set(reserved as f64);
+    metrics::gauge!(STREAM_MEMORY_LIMIT).set(limit as f64);
+}

@@ -12,6 +12,8 @@
 //! - `endpoint`: one endpoint of a peer: its connections, slots, ejection.
 //! - `peer`: `PeerCore`, a peer's connections, dial plan and drain: the one
 //!   record everything else about a peer is derived from.
+//! - [`gate`]: what an inbound handshake may cost before it authenticates
+//!   (ignore, refuse, Retry or accept; cooling off per source).
 //! - `limit`: the per-peer limit and the simultaneous-dial tie-break.
 //! - [`state`]: connecting / healthy / degraded / unreachable / draining, as
 //!   a function of the core's facts.
@@ -20,6 +22,7 @@ pub mod backoff;
 pub mod balance;
 pub(crate) mod conn;
 pub(crate) mod endpoint;
+pub mod gate;
 pub(crate) mod limit;
 pub(crate) mod peer;
 mod slot;

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /healthz` | 200 `ok` while the process runs (never needs the token) |
+//! | `GET /healthz` | 200 `ok` while the pool's supervisor runs, else 503 |
 //! | `GET /readyz` | 200 when every peer with an `addr` has a usable connection, else 503 naming the others |
 //! | `GET /peers` | every peer's status as JSON |
 //! | `POST /peers` | `{"name","id","addr"}`: 201, 400, 409 |
@@ -142,9 +142,16 @@ pub(crate) struct Access {
     pub(crate) public: Vec<String>,
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte.
+/// Compares the SHA-256 digests of both, in constant time: the time taken
+/// says nothing about the token's bytes, nor its length.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let digest = |x: &[u8]| ring::digest::digest(&ring::digest::SHA256, x);
+    let (a, b) = (digest(a), digest(b));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn require_token(
@@ -177,8 +184,16 @@ async fn require_token(
     Ok(req.into_response(response).map_into_right_body())
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok")
+/// Alive means the supervisor runs: without it no peer is dialled or
+/// admitted again, and only a restart helps.
+async fn healthz(state: web::Data<AdminState>) -> HttpResponse {
+    if state.pool.is_running() {
+        HttpResponse::Ok().content_type("text/plain").body("ok")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("the pool's supervisor has stopped")
+    }
 }
 
 #[derive(Serialize)]

@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::budget::StreamBudget;
 use super::header::{self, Status};
-use super::pipe::{self, Fault, Outcome, Started, PIPE_BUFFER};
+use super::pipe::{self, Fault, Outcome, Started, TcpWrite, PIPE_BUFFER};
 use crate::config::ForwardConfig;
 use crate::metrics::labels::{RetryReason, TransferResult};
 use crate::metrics::sidecar::ForwardMetrics;
@@ -43,6 +44,7 @@ pub(crate) async fn serve(listener: TcpListener, settings: watch::Receiver<Arc<F
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
+                pipe::arm(&tcp);
                 let _ = tcp.set_nodelay(true);
                 let forward = settings.borrow().clone();
                 tokio::spawn(forward.one(tcp));
@@ -63,6 +65,7 @@ pub(crate) struct Forward {
     head: Bytes,
     pool: Pool,
     metrics: Arc<ForwardMetrics>,
+    memory: Arc<StreamBudget>,
     /// How long after the accept a retry may still start.
     budget: Duration,
 }
@@ -74,6 +77,7 @@ impl Forward {
         config: ForwardConfig,
         pool: Pool,
         metrics: Arc<ForwardMetrics>,
+        memory: Arc<StreamBudget>,
     ) -> Option<Forward> {
         let head = header::encode(&config.service)?;
         Some(Forward {
@@ -82,6 +86,7 @@ impl Forward {
             config,
             pool,
             metrics,
+            memory,
         })
     }
 }
@@ -89,7 +94,7 @@ impl Forward {
 /// The client's side of a forwarded connection.
 struct Client {
     r: OwnedReadHalf,
-    w: OwnedWriteHalf,
+    w: TcpWrite,
     /// While `replayable`, every byte the client sent; after, only those
     /// not yet written to the stream.
     buf: Vec<u8>,
@@ -102,7 +107,7 @@ struct Client {
 
 impl Client {
     fn new(tcp: TcpStream) -> Client {
-        let (r, w) = tcp.into_split();
+        let (r, w) = pipe::split(tcp);
         Client {
             r,
             w,
@@ -154,6 +159,12 @@ impl Forward {
 
     async fn run(&self, mut client: Client, accepted: Instant) -> TransferResult {
         let deadline = accepted + self.budget;
+        // Held until the connection ends: what its streams may buffer.
+        let Some(_memory) = self.memory.reserve(deadline.into()).await else {
+            tracing::debug!(forward = %self.config.listen, "no room in node.stream_memory within stream_open_timeout");
+            client.abort();
+            return TransferResult::Overloaded;
+        };
         let mut avoid: Vec<SocketAddr> = Vec::new();
         let mut retries = 0u32;
         loop {
@@ -328,7 +339,7 @@ impl Forward {
             Ok(Answer::End) => {
                 client.replayable = false;
                 outcome.first_byte();
-                if client.w.shutdown().await.is_err() {
+                if client.w.finish().await.is_err() {
                     pipe::reset_stream(send, recv);
                     return Try::Over(Outcome::TcpReset);
                 }
@@ -353,7 +364,9 @@ impl Forward {
 /// A failure that says something about the endpoint (not about the
 /// client or the config): it counts towards the endpoint's ejection.
 fn against_endpoint(fault: Fault) -> bool {
-    retry_reason(fault).is_some()
+    // A full node is busy, not broken: ejecting it would only move its
+    // load. It is retried elsewhere all the same.
+    retry_reason(fault).is_some() && !matches!(fault, Fault::Refused(Status::Overloaded))
 }
 
 /// Whether a failure before the answer is worth a try elsewhere: a reset
@@ -363,7 +376,7 @@ fn against_endpoint(fault: Fault) -> bool {
 fn retry_reason(fault: Fault) -> Option<RetryReason> {
     match fault {
         Fault::Quic(_) => Some(RetryReason::Reset),
-        Fault::Refused(Status::UpstreamUnreachable | Status::Draining) => {
+        Fault::Refused(Status::UpstreamUnreachable | Status::Draining | Status::Overloaded) => {
             Some(RetryReason::Refused)
         }
         Fault::Refused(_) | Fault::BadStatus(_) | Fault::Tcp => None,

@@ -46,10 +46,13 @@ pub enum Status {
     TooLarge = 0x07,
     /// The service does not allow the calling peer (`allow`).
     Forbidden = 0x08,
+    /// The node's stream memory (`node.stream_memory`) is taken; another
+    /// endpoint, or this one a little later, may have room.
+    Overloaded = 0x09,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Ok,
         Status::Malformed,
         Status::UnsupportedVersion,
@@ -59,6 +62,7 @@ impl Status {
         Status::Draining,
         Status::TooLarge,
         Status::Forbidden,
+        Status::Overloaded,
     ];
 
     pub fn from_byte(b: u8) -> Option<Status> {
@@ -77,6 +81,7 @@ impl Status {
             Status::Draining => TransferResult::Draining,
             Status::TooLarge => TransferResult::HeaderTooLarge,
             Status::Forbidden => TransferResult::Forbidden,
+            Status::Overloaded => TransferResult::Overloaded,
         }
     }
 

@@ -6,6 +6,7 @@
 //! to call [`Node::shutdown`] (the binary does on SIGTERM).
 
 pub mod admin;
+mod budget;
 mod diff;
 mod forward;
 pub mod header;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use crate::config::{Config, Loaded};
 use crate::transport;
 use crate::{Pool, PoolError};
+use budget::StreamBudget;
 use reload::Live;
 pub use reload::{ReloadError, ReloadReport};
 
@@ -107,10 +109,12 @@ impl Node {
             trust,
         } = loaded;
         let metrics = crate::metrics::install();
+        let memory = StreamBudget::new(&config.node);
         let services = Arc::new(service::Services::new(
             &config.service,
             config.node.header_timeout,
             config.pool.stream_open_timeout,
+            memory.clone(),
         ));
         let admin_addr = local(&listeners.admin);
         let drain_timeout = config.admin.drain_timeout;
@@ -129,7 +133,7 @@ impl Node {
             .enumerate()
         {
             let listen = cfg.listen;
-            if let Some(running) = reload::Running::start(listener, cfg, &pool)
+            if let Some(running) = reload::Running::start(listener, cfg, &pool, &memory)
                 .map_err(bind_err(&format!("forward[{i}].listen"), listen))?
             {
                 forwards.push(running);
@@ -139,6 +143,7 @@ impl Node {
             pool.clone(),
             services,
             forwards,
+            memory,
             file_config,
             source,
         ));
@@ -153,6 +158,10 @@ impl Node {
                 tick.tick().await;
                 touched.forwards().iter().for_each(|f| f.metrics.touch());
                 touched.services.touch();
+                crate::metrics::sidecar::stream_memory(
+                    touched.memory.reserved_bytes(),
+                    touched.memory.limit_bytes(),
+                );
             }
         });
         let node = Node {

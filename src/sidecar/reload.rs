@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+use super::budget::StreamBudget;
 pub use super::diff::Diff;
 use super::forward::{self, Forward};
 use super::service::Services;
@@ -70,12 +71,18 @@ impl Running {
         listener: std::net::TcpListener,
         config: ForwardConfig,
         pool: &Pool,
+        memory: &Arc<StreamBudget>,
     ) -> std::io::Result<Option<Running>> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let metrics = Arc::new(ForwardMetrics::new(&config.listen.to_string()));
-        let Some(settings) = Forward::new(config.clone(), pool.clone(), metrics.clone()) else {
+        let Some(settings) = Forward::new(
+            config.clone(),
+            pool.clone(),
+            metrics.clone(),
+            memory.clone(),
+        ) else {
             tracing::error!(forward = %config.listen, service = %config.service, "service name cannot be sent; forward disabled");
             return Ok(None);
         };
@@ -101,6 +108,7 @@ pub(crate) struct Live {
     pub(crate) pool: Pool,
     pub(crate) services: Arc<Services>,
     pub(crate) forwards: Mutex<Vec<Running>>,
+    pub(crate) memory: Arc<StreamBudget>,
     /// The config as last applied.
     current: Mutex<Config>,
     source: Option<PathBuf>,
@@ -113,6 +121,7 @@ impl Live {
         pool: Pool,
         services: Arc<Services>,
         forwards: Vec<Running>,
+        memory: Arc<StreamBudget>,
         current: Config,
         source: Option<PathBuf>,
     ) -> Live {
@@ -120,6 +129,7 @@ impl Live {
             pool,
             services,
             forwards: Mutex::new(forwards),
+            memory,
             current: Mutex::new(current),
             source,
             arbiter: actix_rt::Arbiter::current(),
@@ -238,9 +248,12 @@ impl Live {
             }
             for (i, cfg) in plan.change {
                 let r = &mut forwards[i];
-                if let Some(settings) =
-                    Forward::new(cfg.clone(), self.pool.clone(), r.metrics.clone())
-                {
+                if let Some(settings) = Forward::new(
+                    cfg.clone(),
+                    self.pool.clone(),
+                    r.metrics.clone(),
+                    self.memory.clone(),
+                ) {
                     r.settings.send_replace(Arc::new(settings));
                     r.config = cfg;
                     report.forwards.changed.push(r.config.listen.to_string());
@@ -248,7 +261,7 @@ impl Live {
             }
             for (listener, cfg) in bound {
                 let listen = cfg.listen.to_string();
-                match Running::start(listener, cfg, &self.pool) {
+                match Running::start(listener, cfg, &self.pool, &self.memory) {
                     Ok(Some(r)) => {
                         forwards.push(r);
                         report.forwards.added.push(listen);

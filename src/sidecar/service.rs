@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::budget::StreamBudget;
 use super::header::{self, HeaderError, Parsed, Status};
 use super::pipe;
 use crate::config::ServiceConfig;
@@ -48,6 +49,7 @@ pub(crate) struct Services {
     unknown: ServiceMetrics,
     header_timeout: Duration,
     connect_timeout: Duration,
+    memory: Arc<StreamBudget>,
 }
 
 impl Services {
@@ -55,12 +57,14 @@ impl Services {
         services: &[ServiceConfig],
         header_timeout: Duration,
         connect_timeout: Duration,
+        memory: Arc<StreamBudget>,
     ) -> Services {
         let s = Services {
             table: RwLock::new(Arc::new(Table::new())),
             unknown: ServiceMetrics::new(UNKNOWN_SERVICE_LABEL),
             header_timeout,
             connect_timeout,
+            memory,
         };
         s.replace(services);
         s
@@ -137,11 +141,21 @@ impl Services {
             tracing::debug!(%peer, service = %name, "peer not allowed by the service");
             return refuse(send, recv, Status::Forbidden, &service.metrics).await;
         }
+        // Before the upstream, so that a full node costs it nothing. Until
+        // then a stream holds at most one window, for at most
+        // node.header_timeout.
+        let Some(_memory) = self.memory.try_reserve() else {
+            tracing::debug!(%peer, service = %name, "no room in node.stream_memory; stream refused");
+            return refuse(send, recv, Status::Overloaded, &service.metrics).await;
+        };
         let upstream = service.config.upstream;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
             .await
         {
-            Ok(Ok(tcp)) => tcp,
+            Ok(Ok(tcp)) => {
+                pipe::arm(&tcp);
+                tcp
+            }
             Ok(Err(e)) => {
                 tracing::warn!(service = %name, %upstream, error = %e, "upstream refused a connection");
                 return refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;

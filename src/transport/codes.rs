@@ -104,6 +104,9 @@ pub const ALL: [CloseCode; 11] = [
 pub mod stream {
     /// A stream the peer opened while this node drains it, refused.
     pub const DRAINING: u32 = 0x16;
+    /// A stream dropped without being finished (a failed or aborted task):
+    /// reset, so the peer never takes it for a complete one.
+    pub const DROPPED: u32 = 0x17;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod codes;
 pub(crate) mod control;
+pub(crate) mod filter;
 pub(crate) mod hello;
 pub mod tls;
 
@@ -17,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::config::NodeConfig;
+use crate::config::{HandshakeConfig, NodeConfig};
 use crate::identity::ca::Trust;
 use crate::identity::{Identity, PeerId};
 use crate::metrics::labels::{CloseReason, DialResult};
 use codes::CloseCode;
+pub(crate) use filter::GateHandle;
 use hello::{ExchangeError, Hello};
 use tls::{Expected, InboundPolicy, TlsError};
 
@@ -48,6 +50,11 @@ pub fn transport_config(node: &NodeConfig) -> quinn::TransportConfig {
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(node.max_concurrent_streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.datagram_receive_buffer_size(None);
+    // Validation keeps the windows below 2^62.
+    let window = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
+    t.stream_receive_window(window(node.stream_receive_window));
+    t.receive_window(window(node.receive_window));
+    t.send_window(node.send_window);
     t
 }
 
@@ -78,7 +85,7 @@ pub fn endpoint(
     policy: Arc<dyn InboundPolicy>,
     udp: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, BindError> {
-    endpoint_trusting(node, identity, policy, None, udp)
+    endpoint_trusting(node, identity, policy, None, None, udp)
 }
 
 /// The server side of a node's endpoint: its TLS (who may connect, with
@@ -102,6 +109,7 @@ pub(crate) fn endpoint_trusting(
     identity: &Identity,
     policy: Arc<dyn InboundPolicy>,
     trust: Option<Arc<Trust>>,
+    gate: Option<Arc<GateHandle>>,
     udp: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, BindError> {
     let addr = udp.local_addr().unwrap_or(node.listen);
@@ -117,7 +125,16 @@ pub(crate) fn endpoint_trusting(
 
     let server = server_config(node, identity, policy, trust)?;
     let runtime = quinn::default_runtime().ok_or(BindError::NoRuntime)?;
-    quinn::Endpoint::new(endpoint_config(identity), Some(server), udp, runtime).map_err(socket_err)
+    let inner = runtime.wrap_udp_socket(udp).map_err(socket_err)?;
+    let gate = gate.unwrap_or_else(|| GateHandle::new(HandshakeConfig::default().gate_rules()));
+    let socket = Arc::new(filter::Filtered::new(inner, gate));
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(identity),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(socket_err)
 }
 
 /// A secret derived one-way from the node's private key for `purpose`.

@@ -267,6 +267,11 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain_of(identity), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
+    // No resumption: every connection presents and proves its certificate
+    // (a resumed session would skip the verifier, so a removed peer or a
+    // revoked CA could come back on an old ticket).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 

@@ -37,8 +37,17 @@ use std::path::{Path, PathBuf};
 #[macro_export]
 macro_rules! bin {
     () => {
-        env!("CARGO_BIN_EXE_peerpool")
+        $crate::node_binary(env!("CARGO_BIN_EXE_peerpool"))
     };
+}
+
+/// The `peerpool` binary tests run: the one cargo built for the test
+/// (`built`), or `PEERPOOL_BIN` when set. CI sets it to the release build
+/// so that CPU budgets are measured on what users run.
+pub fn node_binary(built: &'static str) -> PathBuf {
+    std::env::var_os("PEERPOOL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(built))
 }
 
 /// Logs of the code under test, at `RUST_LOG` (default `warn`), captured by
@@ -99,7 +108,7 @@ pub fn require(program: &str, hint: &str) -> PathBuf {
 /// Everything a test usually needs, in one import.
 pub mod prelude {
     pub use crate::admin::{http, http_async, metric, Admin};
-    pub use crate::net::{free_tcp, free_udp, udp};
+    pub use crate::net::{free_tcp, free_udp, reset, udp};
     pub use crate::pools::{all_conns, config, echo, echo_once, pair, pair_named, usable, Node};
     pub use crate::procs::{
         echo_upstream, exchange, forwarding_pair, identity_in, setup, setup_with, through,

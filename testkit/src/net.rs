@@ -28,3 +28,10 @@ pub fn free_udp() -> SocketAddr {
 pub fn free_tcp() -> SocketAddr {
     try_free_tcp().expect("a free TCP port on 127.0.0.1")
 }
+
+/// Closes `tcp` with a reset (RST) instead of a FIN: how a client that
+/// dies, or gives up on a connection, looks to the other side.
+pub fn reset(tcp: tokio::net::TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(&tcp, Some(std::time::Duration::ZERO));
+    drop(tcp);
+}

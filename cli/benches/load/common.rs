@@ -15,7 +15,8 @@ pub use peerpool_testkit::net::{free_tcp, free_udp, udp};
 pub use peerpool_testkit::procs::{forwarding_pair, identity_in, NodeProc};
 pub use peerpool_testkit::wait::wait_blocking;
 
-pub const BIN: &str = peerpool_testkit::bin!();
+/// Benches are built in release: this is the release binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_peerpool");
 
 /// One row of the table and of target/peerpool-bench.json.
 #[derive(Debug, Clone, Serialize, Default)]

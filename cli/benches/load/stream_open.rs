@@ -65,9 +65,10 @@ impl Target {
             }
             Target::Pool(pool, peer) => {
                 let mut s = pool.open_stream(peer).await.map_err(|e| e.to_string())?;
-                let send: &mut quinn::SendStream = &mut s.send;
-                send.write_all(payload).await.map_err(|e| e.to_string())?;
-                send.finish().map_err(|e| e.to_string())?;
+                quinn::SendStream::write_all(&mut s.send, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                s.send.finish().map_err(|e| e.to_string())?;
                 read_all(&mut s.recv, back).await
             }
         }
