@@ -383,6 +383,17 @@ async fn stalled_pair(
     (s, stall_forward, a, b)
 }
 
+/// The median of three 1.5 s samples of [`echo_rate`]: on two busy cores
+/// one sample alone varies by a fifth.
+async fn median_echo_rate(forward: SocketAddr) -> f64 {
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        rates.push(echo_rate(forward, 1.5).await);
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[1]
+}
+
 /// Echo requests per second through `forward` for `secs`.
 async fn echo_rate(forward: SocketAddr, secs: f64) -> f64 {
     let report = peerpool_testkit::load::run(peerpool_testkit::load::Options {
@@ -412,7 +423,7 @@ async fn stalled_uploads_cannot_grow_the_serving_node() {
         b.node.max_concurrent_streams = 224;
     })
     .await;
-    let unloaded = echo_rate(s.forward, 3.0).await;
+    let unloaded = median_echo_rate(s.forward).await;
     let rss0 = b.stats().rss_kb;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pushed = Arc::new(AtomicU64::new(0));
@@ -440,17 +451,18 @@ async fn stalled_uploads_cannot_grow_the_serving_node() {
             })
         })
         .collect();
-    // Until every stalled stream has filled what the node and the kernel
-    // let it fill: clients blocked and the serving node idle (under 10 % of
-    // a core for half a second: the bytes it holds have stopped moving).
+    // Until every stalled stream has filled what the nodes and the kernel
+    // let it fill: clients blocked and both nodes idle (under 10 % of a
+    // core together for half a second: the bytes held stopped moving).
     // Then measure the neighbour while the node holds all of it.
     let mut peak = rss0;
     let filling = Instant::now();
-    let mut before = (pushed.load(Ordering::Relaxed), b.cpu_secs());
+    let cpu = || a.cpu_secs() + b.cpu_secs();
+    let mut before = (pushed.load(Ordering::Relaxed), cpu());
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         peak = peak.max(b.stats().rss_kb);
-        let now = (pushed.load(Ordering::Relaxed), b.cpu_secs());
+        let now = (pushed.load(Ordering::Relaxed), cpu());
         let busy = now.1 - before.1;
         if now.0 == before.0 && busy < 0.05 {
             break;
@@ -458,12 +470,12 @@ async fn stalled_uploads_cannot_grow_the_serving_node() {
         before = now;
         assert!(
             filling.elapsed() < Duration::from_secs(60),
-            "uploads still moving after 60 s: {} bytes, serving node cpu {busy:.2} s per 0.5 s",
+            "uploads still moving after 60 s: {} bytes, nodes' cpu {busy:.2} s per 0.5 s",
             now.0
         );
     }
     let filled = filling.elapsed();
-    let loaded = echo_rate(s.forward, 3.0).await;
+    let loaded = median_echo_rate(s.forward).await;
     peak = peak.max(b.stats().rss_kb);
     stop.store(true, Ordering::Relaxed);
     let mut connected = 0;

@@ -249,7 +249,7 @@ impl Testbed {
             .spawn()
             .expect("start dnsmasq");
         tb.dnsmasq = Some(Guard::new(child));
-        wait_blocking("dnsmasq started", Duration::from_secs(10), || {
+        wait_blocking("dnsmasq started", Duration::from_secs(30), || {
             tb.reads() >= 1
         });
         tb
