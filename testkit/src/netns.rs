@@ -242,6 +242,12 @@ impl Testbed {
             .arg(format!("--listen-address={}", tb.dns.ip))
             .arg(format!("--addn-hosts={}", tb.hosts_file.display()))
             .arg(format!("--log-facility={}", tb.dns_log.display()))
+            // Its own pid file: testbeds of tests running at once must not
+            // share the system's.
+            .arg(format!(
+                "--pid-file={}",
+                tb.dns_log.with_extension("pid").display()
+            ))
             .arg("--log-queries")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
