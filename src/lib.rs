@@ -28,13 +28,17 @@
 //! and `peerpool-testkit` crates of this workspace.
 //!
 //! The `test-util` feature adds test hooks (`Pool::inject_actor_panic`,
-//! `Pool::inspect_core`); nothing else depends on it.
+//! `Pool::inspect_core`); nothing else depends on it. The `fuzzing` feature
+//! adds `fuzz`, the entry points of the `cargo fuzz` targets in `fuzz/`.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
 mod actors;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod identity;
 pub mod metrics;
 pub mod pool;

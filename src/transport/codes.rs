@@ -85,7 +85,13 @@ pub const STALE: CloseCode = CloseCode {
     reason: "previous instance of the peer",
 };
 
-pub const ALL: [CloseCode; 11] = [
+/// The peer broke the control stream's rules (a second RETIRE or DONE).
+pub const PROTOCOL_VIOLATION: CloseCode = CloseCode {
+    code: 0xc,
+    reason: "control stream protocol violation",
+};
+
+pub const ALL: [CloseCode; 12] = [
     GOING_AWAY,
     EXCESS,
     OVER_LIMIT,
@@ -97,6 +103,7 @@ pub const ALL: [CloseCode; 11] = [
     DRAINING,
     CLOSED_BY_OPERATOR,
     STALE,
+    PROTOCOL_VIOLATION,
 ];
 
 /// QUIC stream error codes used by the pool itself (the sidecar's stream

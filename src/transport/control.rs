@@ -25,13 +25,19 @@
 //! ```
 //!
 //! Unknown bytes are ignored (logged), so later versions can add signals.
+//! Each end sends `RETIRE` and `DONE` at most once per connection: a second
+//! one is a protocol violation and closes the connection with
+//! [`codes::PROTOCOL_VIOLATION`]. A repeated `DRAINING` or `DRAINED` is
+//! ignored, so a peer cannot make this end queue answers without bound.
 
 use tokio::sync::mpsc;
+
+use super::codes;
 
 /// A control signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
-    Retire,
+    Retire = 0,
     Done,
     Draining,
     Drained,
@@ -59,6 +65,38 @@ impl Signal {
     }
 }
 
+/// What the peer has sent on one control stream so far: decides, byte by
+/// byte, what reaches the connection's owner. Pure, so it is fuzzed.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    seen: [bool; Signal::ALL.len()],
+}
+
+/// The peer broke the control stream's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Violation {
+    #[error("the peer sent {0:?} twice on one connection")]
+    Repeated(Signal),
+}
+
+impl Inbox {
+    /// The signal `byte` carries for the owner, `None` for one to ignore
+    /// (unknown, or a repeated drain signal), or the rule it breaks.
+    pub(crate) fn accept(&mut self, byte: u8) -> Result<Option<Signal>, Violation> {
+        let Some(signal) = Signal::from_byte(byte) else {
+            return Ok(None);
+        };
+        let seen = &mut self.seen[signal as usize];
+        if !std::mem::replace(seen, true) {
+            return Ok(Some(signal));
+        }
+        match signal {
+            Signal::Retire | Signal::Done => Err(Violation::Repeated(signal)),
+            Signal::Draining | Signal::Drained => Ok(None),
+        }
+    }
+}
+
 /// Both halves of a connection's control stream, right after the hello.
 pub(crate) struct Control {
     pub(crate) send: quinn::SendStream,
@@ -79,10 +117,12 @@ impl ControlTx {
 impl Control {
     /// Starts the one task that serves this control stream: it writes
     /// `first` (the hello answer, on the accepting end), then every queued
-    /// signal, and hands every signal the peer sends to `on_signal`. It ends
-    /// when the connection does.
+    /// signal, and hands every signal the peer sends to `on_signal` (once
+    /// each, see [`Inbox`]); a peer that breaks the rules gets `conn`
+    /// closed. It ends when the connection does.
     pub(crate) fn serve(
         self,
+        conn: quinn::Connection,
         first: Option<Vec<u8>>,
         mut on_signal: impl FnMut(Signal) + Send + 'static,
     ) -> ControlTx {
@@ -96,6 +136,7 @@ impl Control {
                 }
             }
             let mut byte = [0u8; 1];
+            let mut inbox = Inbox::default();
             let mut queue_open = true;
             loop {
                 tokio::select! {
@@ -109,9 +150,14 @@ impl Control {
                         None => queue_open = false,
                     },
                     read = recv.read(&mut byte) => match read {
-                        Ok(Some(1)) => match Signal::from_byte(byte[0]) {
-                            Some(s) => on_signal(s),
-                            None => tracing::debug!(byte = byte[0], "unknown control signal ignored"),
+                        Ok(Some(1)) => match inbox.accept(byte[0]) {
+                            Ok(Some(s)) => on_signal(s),
+                            Ok(None) => tracing::debug!(byte = byte[0], "control byte ignored"),
+                            Err(violation) => {
+                                tracing::warn!(remote = %conn.remote_address(), %violation, "closing the connection");
+                                codes::PROTOCOL_VIOLATION.close(&conn);
+                                return;
+                            }
                         },
                         Ok(Some(_)) => {}
                         // Finished, reset or the connection is gone.
@@ -137,5 +183,26 @@ mod tests {
             .filter(|b| Signal::from_byte(*b).is_some())
             .count();
         assert_eq!(known, Signal::ALL.len());
+    }
+
+    #[test]
+    fn retire_and_done_count_once_and_a_repeat_is_a_violation() {
+        for s in [Signal::Retire, Signal::Done] {
+            let mut inbox = Inbox::default();
+            assert_eq!(inbox.accept(s.byte()), Ok(Some(s)));
+            assert_eq!(inbox.accept(0x7f), Ok(None));
+            assert_eq!(inbox.accept(s.byte()), Err(Violation::Repeated(s)));
+        }
+    }
+
+    #[test]
+    fn a_repeated_drain_signal_is_ignored_not_answered_again() {
+        for s in [Signal::Draining, Signal::Drained] {
+            let mut inbox = Inbox::default();
+            assert_eq!(inbox.accept(s.byte()), Ok(Some(s)));
+            for _ in 0..3 {
+                assert_eq!(inbox.accept(s.byte()), Ok(None));
+            }
+        }
     }
 }

@@ -153,7 +153,7 @@ impl PeerActor {
         let control = {
             let meta = meta.clone();
             let addr = ctx.address();
-            control.serve(first, move |signal| match signal {
+            control.serve(conn.clone(), first, move |signal| match signal {
                 Signal::Retire => addr.do_send(PeerRetires { key }),
                 Signal::Done => meta.set_peer_done(),
                 Signal::Draining => addr.do_send(PeerDrains { key }),

@@ -1,0 +1,4 @@
+//! Fuzz target: see `peerpool::fuzz::hello` for the property it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| peerpool::fuzz::hello(data));
