@@ -262,7 +262,21 @@ fn run(path: PathBuf, format: LogFormat) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(1, &e.to_string()),
     };
-    let system = actix_rt::System::new();
+    // The actors run on this thread (the System's arbiter); everything the
+    // library hands to `tokio::spawn` (the QUIC endpoint and connection
+    // drivers, handshakes, pipes) runs on the worker threads.
+    let workers = loaded.config.node.workers();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("peerpool-worker")
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &format!("cannot start {workers} worker threads: {e}")),
+    };
+    tracing::info!(workers, "data plane threads");
+    let system = actix_rt::System::with_tokio_rt(move || runtime);
     let result = system.block_on(async move {
         let node = Node::start_from(loaded, listeners, Some(path))?;
         tokio::select! {

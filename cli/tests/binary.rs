@@ -1,4 +1,5 @@
-//! The real `peerpool` binary, twice: bytes through a forward, and the drain.
+//! The real `peerpool` binary, twice: bytes through a forward, the drain,
+//! and the threads its data plane runs on.
 
 use std::time::{Duration, Instant};
 
@@ -117,4 +118,93 @@ async fn sigterm_drains_fifty_streams_in_flight_and_the_pool_heals() {
     .await
     .unwrap();
     through(s.forward, b"after b came back").await.unwrap();
+}
+
+/// CPU ticks (user + system) of each thread of `pid`, by thread name.
+fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.push((comm.trim().to_string(), ticks(14) + ticks(15)));
+    }
+    out
+}
+
+fn ticks_of(threads: &[(String, u64)], name: &str) -> u64 {
+    threads
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// `node.worker_threads` sizes the data plane: a node has that many worker
+/// threads, and forwarded traffic runs on them, not on the actors' thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_traffic_runs_on_node_worker_threads() {
+    let upstream = echo_upstream().await;
+    let s = setup_with(upstream, |a, b| {
+        a.node.worker_threads = 3;
+        b.node.worker_threads = 1;
+    });
+    let b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
+    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+    let admin = s.a_admin;
+    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let workers = |pid| {
+        thread_ticks(pid)
+            .iter()
+            .filter(|(n, _)| n == "peerpool-worker")
+            .count()
+    };
+    assert_eq!((workers(a.pid()), workers(b.pid())), (3, 1));
+    let before = thread_ticks(a.pid());
+    let report = peerpool_testkit::load::run(peerpool_testkit::load::Options {
+        target: s.forward,
+        concurrency: 8,
+        duration: Duration::from_secs(2),
+        size: 16 * 1024,
+        mode: peerpool_testkit::load::Mode::Echo,
+        connection_per_request: false,
+        requests: None,
+        request_timeout: Duration::from_secs(5),
+    })
+    .await;
+    assert_eq!(report.error_count(), 0, "{}", report.text());
+    let after = thread_ticks(a.pid());
+    let delta = |name| ticks_of(&after, name).saturating_sub(ticks_of(&before, name));
+    let (on_workers, on_main) = (delta("peerpool-worker"), delta("peerpool"));
+    println!(
+        "{} requests: {on_workers} ticks on the worker threads, {on_main} on the actors' thread",
+        report.requests
+    );
+    assert!(
+        on_workers >= 20,
+        "the load cost the workers {on_workers} ticks"
+    );
+    assert!(
+        on_main * 5 <= on_workers,
+        "the actors' thread did {on_main} of {on_workers} ticks' work"
+    );
 }

@@ -957,3 +957,129 @@ async fn healthz_fails_once_the_supervisor_is_gone() {
     }
     assert_eq!(status, 503, "/healthz after the supervisor stopped");
 }
+
+/// Writes `data` on `c` and reads its echo back within 2 s.
+async fn echo_on(c: &mut tokio::net::TcpStream, data: &[u8]) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    c.write_all(data).await.map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut back))
+        .await
+        .map_err(|_| "no echo within 2 s".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    if back != data {
+        return Err(format!("echo differs: {back:?}"));
+    }
+    Ok(())
+}
+
+/// Slow clients that hold connections: at `forward.max_connections` the
+/// forward leaves new connections in the listen backlog (served once a
+/// slot frees, never refused), and `forward.idle_timeout` resets a
+/// connection that moves nothing, but not one that keeps talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_and_idle_connections_are_bounded_by_max_connections_and_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    const IDLE: Duration = Duration::from_millis(1000);
+    let upstream = echo_upstream().await;
+    let s = setup_with(upstream, |a, _| {
+        a.forward[0].max_connections = 2;
+        a.forward[0].idle_timeout = IDLE;
+    });
+    let _b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
+    let _a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+    let admin = s.a_admin;
+    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let a_admin = Admin::new(s.a_admin);
+    let forward = s.forward.to_string();
+    let gauge = |m: &str| {
+        metric(
+            m,
+            "peerpool_forward_active_connections",
+            &[("forward", &forward)],
+        )
+        .unwrap_or(-1.0)
+    };
+    let results = |m: &str, r: &str| {
+        metric(
+            m,
+            "peerpool_forward_connections_total",
+            &[("forward", &forward), ("result", r)],
+        )
+        .unwrap_or(0.0)
+    };
+
+    let mut c1 = TcpStream::connect(s.forward).await.unwrap();
+    echo_on(&mut c1, b"one").await.unwrap();
+    let mut c2 = TcpStream::connect(s.forward).await.unwrap();
+    echo_on(&mut c2, b"two").await.unwrap();
+    let c2_quiet = Instant::now();
+    assert_eq!(gauge(&a_admin.metrics()), 2.0, "two connections held");
+
+    // The third is left in the backlog: connected, but nothing answers.
+    let mut c3 = TcpStream::connect(s.forward).await.unwrap();
+    c3.write_all(b"three").await.unwrap();
+    let mut back = [0u8; 5];
+    let early = tokio::time::timeout(Duration::from_millis(400), c3.read_exact(&mut back)).await;
+    assert!(
+        early.is_err(),
+        "the third connection was served at the limit: {early:?}"
+    );
+    assert_eq!(gauge(&a_admin.metrics()), 2.0, "still two held");
+
+    // A slot freed (c1 ends cleanly) takes it in; its bytes were kept.
+    c1.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    c1.read_to_end(&mut rest).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), c3.read_exact(&mut back))
+        .await
+        .expect("the waiting connection is served once a slot frees")
+        .unwrap();
+    assert_eq!(&back, b"three");
+
+    // c3 keeps talking past the idle timeout; c2 says nothing and is reset.
+    let talk = async {
+        for i in 0..8u8 {
+            tokio::time::sleep(IDLE / 4).await;
+            echo_on(&mut c3, &[b'a' + i]).await?;
+        }
+        Ok::<_, String>(())
+    };
+    let quiet = async {
+        let mut byte = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(5), c2.read(&mut byte)).await;
+        (r, c2_quiet.elapsed())
+    };
+    let (talked, (c2_end, c2_after)) = tokio::join!(talk, quiet);
+    talked.expect("a connection that keeps talking is not idle");
+    println!("idle connection ended after {c2_after:?}: {c2_end:?}");
+    match c2_end {
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        other => panic!("the idle connection must be reset, got {other:?}"),
+    }
+    // Its last byte left the forward just before `c2_quiet`.
+    assert!(
+        c2_after >= IDLE.mul_f64(0.95) && c2_after < IDLE * 2,
+        "reset after {c2_after:?}, idle_timeout {IDLE:?}"
+    );
+    let m = a_admin.metrics();
+    assert_eq!(results(&m, "idle"), 1.0, "{m}");
+    assert_eq!(results(&m, "ok"), 1.0, "c1 ended cleanly: {m}");
+    drop(c3);
+    let a_admin2 = a_admin.clone();
+    let forward2 = s.forward.to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("no connection held", Duration::from_secs(5), || {
+            metric(
+                &a_admin2.metrics(),
+                "peerpool_forward_active_connections",
+                &[("forward", &forward2)],
+            ) == Some(0.0)
+        })
+    })
+    .await
+    .unwrap();
+}

@@ -581,16 +581,21 @@ fn sighup_applies_a_new_config_under_load_and_an_invalid_one_changes_nothing() {
         "the new forward and service work: {:?}",
         through_new.errors
     );
-    let echo2 = replica_metric(
-        &bed.replicas[0].host,
-        "peerpool_service_streams_total",
-        &[("service", "echo2"), ("result", "ok")],
-    ) + replica_metric(
-        &bed.replicas[1].host,
-        "peerpool_service_streams_total",
-        &[("service", "echo2"), ("result", "ok")],
-    );
-    assert_eq!(echo2, 200.0, "served by the new service");
+    let echo2 = || {
+        replica_metric(
+            &bed.replicas[0].host,
+            "peerpool_service_streams_total",
+            &[("service", "echo2"), ("result", "ok")],
+        ) + replica_metric(
+            &bed.replicas[1].host,
+            "peerpool_service_streams_total",
+            &[("service", "echo2"), ("result", "ok")],
+        )
+    };
+    // A serving node counts a stream once the forwarding side acknowledged
+    // its end, a moment after the client read it.
+    let _ = peerpool_testkit::wait::try_wait_blocking(Duration::from_secs(5), || echo2() >= 200.0);
+    assert_eq!(echo2(), 200.0, "served by the new service");
 
     // A new replica: its connections from the client carry the new key;
     // the old replicas' connections keep the old one.

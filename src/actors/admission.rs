@@ -103,7 +103,8 @@ pub(crate) async fn accept_loop(
             Verdict::Accept => {
                 metrics::handshakes_pending(shared.gate().pending());
                 let (node, admit, shared) = (node.clone(), admit.clone(), shared.clone());
-                actix::spawn(async move {
+                // On a worker thread: the TLS handshake is the costly part.
+                tokio::spawn(async move {
                     let authenticated = handle_incoming(incoming, node, admit).await;
                     shared.finished(from, authenticated);
                 });

@@ -102,7 +102,7 @@ impl Pool {
             handler,
         ));
         let supervisor = Supervisor::start(node.clone())?;
-        actix::spawn(accept_loop(
+        tokio::spawn(accept_loop(
             node.clone(),
             gate,
             supervisor.clone().recipient(),

@@ -12,6 +12,10 @@ use super::load::Problem;
 use super::schema::{Config, PeerConfig, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES};
 use crate::identity::PeerId;
 
+/// More TCP connections than this on one forward is surely a typo (each
+/// is a file descriptor and a task).
+const MAX_FORWARD_CONNECTIONS: u32 = 1_000_000;
+
 /// One thing wrong with one peer entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerProblem {
@@ -141,6 +145,15 @@ impl Config {
                     "must be less than node.idle_timeout ({}), got {}; otherwise idle connections time out between keep-alives",
                     n.idle_timeout.as_secs_f64(),
                     n.keep_alive_interval.as_secs_f64()
+                ),
+            ));
+        }
+        if n.worker_threads > 1024 {
+            p.push(Problem::new(
+                "node.worker_threads",
+                format!(
+                    "must be between 0 (one per CPU) and 1024, got {}",
+                    n.worker_threads
                 ),
             ));
         }
@@ -334,6 +347,15 @@ impl Config {
                 p.push(Problem::new(
                     format!("forward[{i}].retries"),
                     format!("must be between 0 and 10, got {}", f.retries),
+                ));
+            }
+            if !(1..=MAX_FORWARD_CONNECTIONS).contains(&f.max_connections) {
+                p.push(Problem::new(
+                    format!("forward[{i}].max_connections"),
+                    format!(
+                        "must be between 1 and {MAX_FORWARD_CONNECTIONS}, got {}",
+                        f.max_connections
+                    ),
                 ));
             }
             if f.listen.port() != 0 {

@@ -61,5 +61,5 @@ impl Default for HandshakeConfig {
 /// may make this node buffer for it (`node.stream_receive_window`), plus
 /// its two pipe buffers.
 pub fn stream_reservation(stream_receive_window: u64) -> u64 {
-    stream_receive_window + 2 * 32 * 1024
+    stream_receive_window.saturating_add(2 * 32 * 1024)
 }

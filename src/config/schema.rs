@@ -72,6 +72,19 @@ pub struct NodeConfig {
     /// (`limits::stream_reservation` each); past it a forward waits for
     /// room and a service refuses with `0x09 overloaded`.
     pub stream_memory: u64,
+    /// Threads of the data plane (QUIC connections and pipes); 0: the
+    /// CPUs this process may use (its affinity and cgroup quota).
+    pub worker_threads: u32,
+}
+
+impl NodeConfig {
+    /// The data plane's thread count `worker_threads` stands for.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n as usize,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -92,6 +105,7 @@ impl Default for NodeConfig {
             receive_window: 64 * 1024 * 1024,
             send_window: 2 * 1024 * 1024,
             stream_memory: 128 * 1024 * 1024,
+            worker_threads: 0,
         }
     }
 }
@@ -408,10 +422,22 @@ pub struct ForwardConfig {
     /// answer reached the client.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// TCP connections held at once; past it the forward stops accepting
+    /// and new ones wait in the listen backlog (as HAProxy's `maxconn`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// A connection that moves no byte either way for this long is reset
+    /// on both sides; 0 (the default) never times out.
+    #[serde(default, with = "units::non_negative_secs")]
+    pub idle_timeout: Duration,
 }
 
 fn default_retries() -> u32 {
     2
+}
+
+fn default_max_connections() -> u32 {
+    1024
 }
 
 impl ForwardConfig {
@@ -421,6 +447,8 @@ impl ForwardConfig {
             peer: peer.into(),
             service: service.into(),
             retries: default_retries(),
+            max_connections: default_max_connections(),
+            idle_timeout: Duration::ZERO,
         }
     }
 }

@@ -163,6 +163,8 @@ labels! {
         Unreachable => "unreachable",
         NoConnection => "no_connection",
         Timeout => "timeout",
+        /// No byte moved either way for `forward.idle_timeout`: reset.
+        Idle => "idle",
         Connection => "connection",
         UnknownPeer => "unknown_peer",
         Invalid => "invalid",

@@ -52,6 +52,7 @@ pub const BYTES: &str = "peerpool_bytes_total";
 pub const FORWARD_CONNECTIONS: &str = "peerpool_forward_connections_total";
 pub const SERVICE_STREAMS: &str = "peerpool_service_streams_total";
 pub const FORWARD_DURATION: &str = "peerpool_forward_duration_seconds";
+pub const FORWARD_ACTIVE: &str = "peerpool_forward_active_connections";
 pub const ACTOR_RESTARTS: &str = "peerpool_actor_restarts_total";
 pub const PEER_STATE: &str = "peerpool_peer_state";
 pub const READY: &str = "peerpool_ready";
@@ -232,6 +233,10 @@ fn describe() {
         FORWARD_DURATION,
         Unit::Seconds,
         "Lifetime of forwarded TCP connections."
+    );
+    describe_gauge!(
+        FORWARD_ACTIVE,
+        "TCP connections a forward holds now; at forward.max_connections it stops accepting."
     );
     describe_counter!(
         ACTOR_RESTARTS,

@@ -7,9 +7,11 @@ use super::labels::{RetryReason, TransferResult};
 use super::series::LabelledCounter;
 use super::*;
 
-/// One `[[forward]]`: its results and connection lifetimes.
+/// One `[[forward]]`: its results, connection lifetimes and the
+/// connections it holds.
 pub(crate) struct ForwardMetrics {
     results: LabelledCounter<TransferResult>,
+    active: metrics::Gauge,
     retries: LabelledCounter<RetryReason>,
     duration: HistogramKey,
 }
@@ -29,12 +31,18 @@ impl ForwardMetrics {
                 "reason",
             ),
             duration: HistogramKey::new(FORWARD_DURATION, "forward", label),
+            active: metrics::gauge!(FORWARD_ACTIVE, "forward" => label.to_string()),
         }
     }
 
     pub(crate) fn record(&self, result: TransferResult, lifetime: Duration) {
         self.results.increment(result);
         self.duration.record(lifetime);
+    }
+
+    /// `delta` connections more (or fewer) held now.
+    pub(crate) fn held(&self, delta: f64) {
+        self.active.increment(delta);
     }
 
     pub(crate) fn retried(&self, reason: RetryReason) {
@@ -44,6 +52,7 @@ impl ForwardMetrics {
     pub(crate) fn touch(&self) {
         self.results.touch();
         self.retries.touch();
+        self.active.increment(0.0);
     }
 }
 

@@ -10,6 +10,11 @@
 //! of the answer reached the client, or the client sent more than
 //! [`RETRY_BUFFER`] before any answer, nothing is retried: a failure then
 //! resets the client's connection.
+//!
+//! Bounds: at `max_connections` held connections the forward stops
+//! accepting (new ones wait in the kernel's listen backlog, as HAProxy's
+//! `maxconn`); with `idle_timeout` set, a connection that moves no byte
+//! either way for that long is reset on both sides (result `idle`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +28,8 @@ use tokio::sync::watch;
 
 use super::budget::StreamBudget;
 use super::header::{self, Status};
-use super::pipe::{self, Fault, Outcome, Started, TcpWrite, PIPE_BUFFER};
+use super::limit::{Held, Slot};
+use super::pipe::{self, Activity, Fault, Outcome, Started, TcpWrite, PIPE_BUFFER};
 use crate::config::ForwardConfig;
 use crate::metrics::labels::{RetryReason, TransferResult};
 use crate::metrics::sidecar::ForwardMetrics;
@@ -36,18 +42,40 @@ pub(crate) const RETRY_BUFFER: usize = 64 * 1024;
 /// How long a stream the serving node stopped may take to say why.
 const ANSWER_AFTER_STOP: Duration = Duration::from_secs(1);
 
+/// How often a forward at its connection limit says so.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts TCP connections until the task is aborted (on shutdown, or when
-/// a reload removes the forward). Each connection is forwarded by the
-/// forward's settings at its accept: a reload that changes them sends new
-/// ones on `settings`.
-pub(crate) async fn serve(listener: TcpListener, settings: watch::Receiver<Arc<Forward>>) {
+/// a reload removes the forward), while it holds fewer than
+/// `max_connections`. Each connection is forwarded by the forward's
+/// settings at its accept: a reload that changes them sends new ones on
+/// `settings`.
+pub(crate) async fn serve(listener: TcpListener, mut settings: watch::Receiver<Arc<Forward>>) {
+    let held = Arc::new(Held::default());
+    let mut warned: Option<Instant> = None;
     loop {
+        held.room(
+            &mut settings,
+            |f| f.config.max_connections as usize,
+            |f| {
+                if warned.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(forward = %f.config.listen, max_connections = f.config.max_connections,
+                        "forward full: new connections wait in the listen backlog");
+                }
+            },
+        )
+        .await;
         match listener.accept().await {
             Ok((tcp, _)) => {
                 pipe::arm(&tcp);
                 let _ = tcp.set_nodelay(true);
                 let forward = settings.borrow().clone();
-                tokio::spawn(forward.one(tcp));
+                let slot = Slot::take(&held, forward.metrics.clone());
+                tokio::spawn(async move {
+                    forward.one(tcp).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: keep serving.
@@ -153,11 +181,31 @@ enum Answer {
 impl Forward {
     async fn one(self: Arc<Self>, tcp: TcpStream) {
         let accepted = Instant::now();
-        let result = self.run(Client::new(tcp), accepted).await;
+        let activity = Activity::default();
+        let run = self.run(Client::new(tcp), accepted, &activity);
+        let limit = self.config.idle_timeout;
+        let result = if limit.is_zero() {
+            run.await
+        } else {
+            // Dropping the transfer resets both sides: the client socket
+            // is armed (RST) and an unfinished stream resets on drop.
+            tokio::select! {
+                result = run => result,
+                () = activity.idle(limit) => {
+                    tracing::debug!(forward = %self.config.listen, ?limit, "idle connection reset");
+                    TransferResult::Idle
+                }
+            }
+        };
         self.metrics.record(result, accepted.elapsed());
     }
 
-    async fn run(&self, mut client: Client, accepted: Instant) -> TransferResult {
+    async fn run(
+        &self,
+        mut client: Client,
+        accepted: Instant,
+        activity: &Activity,
+    ) -> TransferResult {
         let deadline = accepted + self.budget;
         // Held until the connection ends: what its streams may buffer.
         let Some(_memory) = self.memory.reserve(deadline.into()).await else {
@@ -197,14 +245,14 @@ impl Forward {
                     return TransferResult::Timeout;
                 }
             };
-            match self.try_stream(&mut client, stream).await {
+            match self.try_stream(&mut client, stream, activity).await {
                 Try::Answered {
                     send,
                     recv,
                     started,
                     outcome,
                 } => {
-                    let ended = pipe::pipe(client.r, client.w, send, recv, started).await;
+                    let ended = pipe::pipe(client.r, client.w, send, recv, started, activity).await;
                     match &ended {
                         Outcome::Done { .. } => outcome.succeeded(),
                         Outcome::QuicReset(_) => outcome.failed(),
@@ -246,7 +294,12 @@ impl Forward {
 
     /// Sends the header and what the client sent so far, then goes on
     /// relaying the client's bytes until the serving node's first answer.
-    async fn try_stream(&self, client: &mut Client, stream: PooledStream) -> Try {
+    async fn try_stream(
+        &self,
+        client: &mut Client,
+        stream: PooledStream,
+        activity: &Activity,
+    ) -> Try {
         let PooledStream {
             mut send,
             mut recv,
@@ -300,8 +353,12 @@ impl Forward {
                         }
                     },
                     r = client.r.read(&mut chunk), if !client.fin && room => match r {
-                        Ok(0) => client.fin = true,
+                        Ok(0) => {
+                            activity.moved();
+                            client.fin = true;
+                        }
                         Ok(n) => {
+                            activity.moved();
                             client.buf.extend_from_slice(&chunk[..n]);
                             if client.replayable && client.buf.len() > RETRY_BUFFER {
                                 client.replayable = false;

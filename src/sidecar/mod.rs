@@ -10,6 +10,7 @@ mod budget;
 mod diff;
 mod forward;
 pub mod header;
+mod limit;
 mod pipe;
 pub mod reload;
 mod service;

@@ -18,6 +18,7 @@
 //!   has acknowledged it, so a drain that waits for streams never closes a
 //!   connection under a completed answer still in flight.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -152,6 +153,40 @@ pub(crate) fn quic_write_fault(e: &quinn::WriteError) -> Fault {
     }
 }
 
+/// Counts the chunks moved either way on one connection, so a watchdog
+/// can tell an idle connection from a busy one without reading the clock
+/// per chunk.
+#[derive(Debug, Default)]
+pub(crate) struct Activity(AtomicU64);
+
+impl Activity {
+    pub(crate) fn moved(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit`. It looks every quarter of
+    /// `limit`, so it fires between `limit` and 1.25 × `limit` after the
+    /// last chunk.
+    pub(crate) async fn idle(&self, limit: Duration) {
+        let mut tick = tokio::time::interval(limit / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let (mut last, mut quiet) = (self.0.load(Ordering::Relaxed), 0);
+        loop {
+            tick.tick().await;
+            let now = self.0.load(Ordering::Relaxed);
+            if now != last {
+                (last, quiet) = (now, 0);
+            } else {
+                quiet += 1;
+                if quiet == 4 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Where a pipe starts when something already went each way (a forward
 /// that waited for the first byte of the answer before piping).
 #[derive(Debug, Default)]
@@ -175,6 +210,7 @@ async fn tcp_to_quic(
     send: &mut PooledSend,
     pending: Bytes,
     fin: bool,
+    activity: &Activity,
 ) -> Result<u64, Fault> {
     let mut total = pending.len() as u64;
     if !pending.is_empty() {
@@ -192,6 +228,7 @@ async fn tcp_to_quic(
     let mut buf = vec![0u8; PIPE_BUFFER];
     loop {
         let n = tcp.read(&mut buf).await.map_err(|_| Fault::Tcp)?;
+        activity.moved();
         if n == 0 {
             // A stream already stopped by the peer cannot be finished; the
             // other direction reports how it ended.
@@ -205,7 +242,11 @@ async fn tcp_to_quic(
     }
 }
 
-async fn quic_to_tcp(recv: &mut PooledRecv, tcp: &mut TcpWrite) -> Result<u64, Fault> {
+async fn quic_to_tcp(
+    recv: &mut PooledRecv,
+    tcp: &mut TcpWrite,
+    activity: &Activity,
+) -> Result<u64, Fault> {
     let recv: &mut quinn::RecvStream = recv;
     // One buffer gathers many STREAM frames per TCP write (`read_chunk`
     // hands over one frame, about 1.2 KB, at a time: measured at half the
@@ -213,7 +254,9 @@ async fn quic_to_tcp(recv: &mut PooledRecv, tcp: &mut TcpWrite) -> Result<u64, F
     let mut buf = vec![0u8; PIPE_BUFFER];
     let mut total = 0u64;
     loop {
-        match recv.read(&mut buf).await {
+        let read = recv.read(&mut buf).await;
+        activity.moved();
+        match read {
             Ok(Some(n)) => {
                 tcp.write_all(&buf[..n]).await.map_err(|_| Fault::Tcp)?;
                 total += n as u64;
@@ -230,21 +273,22 @@ async fn quic_to_tcp(recv: &mut PooledRecv, tcp: &mut TcpWrite) -> Result<u64, F
 /// Pipes a fresh TCP connection and a fresh stream.
 pub(crate) async fn pipe_tcp(tcp: TcpStream, send: PooledSend, recv: PooledRecv) -> Outcome {
     let (r, w) = split(tcp);
-    pipe(r, w, send, recv, Started::default()).await
+    pipe(r, w, send, recv, Started::default(), &Activity::default()).await
 }
 
 /// Pipes TCP and the stream from `start` until both directions finish or
-/// one fails.
+/// one fails, counting every chunk in `activity`.
 pub(crate) async fn pipe(
     mut tcp_r: OwnedReadHalf,
     mut tcp_w: TcpWrite,
     mut send: PooledSend,
     mut recv: PooledRecv,
     start: Started,
+    activity: &Activity,
 ) -> Outcome {
     let ended = {
-        let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin);
-        let down = quic_to_tcp(&mut recv, &mut tcp_w);
+        let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin, activity);
+        let down = quic_to_tcp(&mut recv, &mut tcp_w, activity);
         tokio::pin!(up, down);
         let (mut up_bytes, mut down_bytes) = (None, start.down_done.then_some(0));
         loop {

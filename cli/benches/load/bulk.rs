@@ -1,6 +1,7 @@
 //! Scenario 4: bulk transfer. 1 GiB one way through one forward (TCP ->
 //! QUIC -> TCP sink) versus one raw quinn stream to a sink; then 8 parallel
-//! transfers of 1/8 GiB each with 1, 3 and 8 connections per peer.
+//! transfers of 1/8 GiB each with 1, 3 and 8 connections per peer; then the
+//! N=3 row again with one data-plane thread per node against one per CPU.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -96,11 +97,9 @@ pub fn run(budget: Budget) -> Vec<Record> {
     out.push(one);
 
     // 8 parallel transfers over N = 1, 3, 8 connections.
-    let mut first: Option<Record> = None;
-    for n in [1usize, 3, 8] {
-        let p = sidecar::pair(sink_addr, "sink", n);
+    let each = total / 8;
+    let parallel = |p: sidecar::Pair, name: String| {
         let forward = p.forward;
-        let each = total / 8;
         let took = rt.block_on(async move {
             let started = Instant::now();
             let tasks: Vec<_> = (0..8)
@@ -111,9 +110,14 @@ pub fn run(budget: Budget) -> Vec<Record> {
             }
             started.elapsed()
         });
-        let mut r = mb_record(format!("8 parallel forwards, N={n}"), each * 8, took);
-        let hwm_a = p.a.stats().hwm_kb;
-        r.peak_rss_kb = Some(hwm_a);
+        let mut r = mb_record(name, each * 8, took);
+        r.peak_rss_kb = Some(p.a.stats().hwm_kb);
+        r
+    };
+    let mut first: Option<Record> = None;
+    for n in [1usize, 3, 8] {
+        let p = sidecar::pair(sink_addr, "sink", n);
+        let mut r = parallel(p, format!("8 parallel forwards, N={n}"));
         r = match &first {
             Some(f) => r.against(f),
             None => r,
@@ -123,5 +127,32 @@ pub fn run(budget: Budget) -> Vec<Record> {
         }
         out.push(r);
     }
+    // The multi-threaded data plane: one forward and the 8 parallel N=3
+    // run again, one worker thread per node against the default (one per
+    // CPU).
+    let workers = |w: u32| move |c: &mut peerpool::config::Config| c.node.worker_threads = w;
+    let cpus = peerpool::config::NodeConfig::default().workers();
+    let single = |w: u32| {
+        let p = sidecar::pair_with(sink_addr, "sink", 3, workers(w));
+        let took = rt
+            .block_on(tcp_transfer(p.forward, total))
+            .expect("forward transfer");
+        let name = format!("one forward (N=3), worker_threads={w}");
+        let mut r = mb_record(name, total, took);
+        r.peak_rss_kb = Some(p.a.stats().hwm_kb);
+        r
+    };
+    let one_thread = single(1);
+    let all_threads = single(0).against(&one_thread);
+    let one = parallel(
+        sidecar::pair_with(sink_addr, "sink", 3, workers(1)),
+        "8 parallel, N=3, worker_threads=1".into(),
+    );
+    let all = parallel(
+        sidecar::pair_with(sink_addr, "sink", 3, workers(0)),
+        format!("8 parallel, N=3, worker_threads=0 ({cpus})"),
+    )
+    .against(&one);
+    out.extend([one_thread, all_threads, one, all]);
     out
 }

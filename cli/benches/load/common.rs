@@ -16,7 +16,11 @@ pub use peerpool_testkit::procs::{forwarding_pair, identity_in, NodeProc};
 pub use peerpool_testkit::wait::wait_blocking;
 
 /// Benches are built in release: this is the release binary.
-pub const BIN: &str = env!("CARGO_BIN_EXE_peerpool");
+/// The node binary the scenarios start: this build's, or `PEERPOOL_BIN`
+/// (an older build, to compare two in one run).
+pub fn bin() -> std::path::PathBuf {
+    peerpool_testkit::node_binary(env!("CARGO_BIN_EXE_peerpool"))
+}
 
 /// One row of the table and of target/peerpool-bench.json.
 #[derive(Debug, Clone, Serialize, Default)]

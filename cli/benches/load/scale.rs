@@ -23,7 +23,7 @@ fn measure(budget: Budget, k: usize, measure_after_idle: bool) -> Record {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     cfg.pool.max_connections_per_peer = n;
-    let central = NodeProc::launch(BIN, &central_dir, cfg);
+    let central = NodeProc::launch(bin(), &central_dir, cfg);
     let connect = wait_blocking("all connections up", Duration::from_secs(120), || {
         central.admin.usable_connections() == Some(n * k)
     });

@@ -21,6 +21,16 @@ pub struct Pair {
 }
 
 pub fn pair(upstream: std::net::SocketAddr, service: &str, n: usize) -> Pair {
+    pair_with(upstream, service, n, |_| {})
+}
+
+/// [`pair`] with `tune` applied to both nodes' configs last.
+pub fn pair_with(
+    upstream: std::net::SocketAddr,
+    service: &str,
+    n: usize,
+    tune: impl Fn(&mut peerpool::config::Config),
+) -> Pair {
     let dir = tempfile::tempdir().expect("tempdir");
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let (mut a, mut b) = forwarding_pair(&da, &db, upstream, service);
@@ -29,9 +39,10 @@ pub fn pair(upstream: std::net::SocketAddr, service: &str, n: usize) -> Pair {
     for c in [&mut a, &mut b] {
         c.pool.max_connections_per_peer = n;
         c.node.max_concurrent_streams = 4096;
+        tune(c);
     }
-    let b = NodeProc::launch(BIN, &db, b);
-    let a = NodeProc::launch(BIN, &da, a);
+    let b = NodeProc::launch(bin(), &db, b);
+    let a = NodeProc::launch(bin(), &da, a);
     wait_blocking("node a ready", Duration::from_secs(20), || a.admin.ready());
     wait_blocking("a holds N connections", Duration::from_secs(20), || {
         a.admin.usable_connections() == Some(n)

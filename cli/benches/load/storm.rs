@@ -28,7 +28,7 @@ pub fn run(budget: Budget) -> Vec<Record> {
     cfg.pool.connection_timeout = Duration::from_secs_f64(2.0);
     cfg.peers = farm.peer_configs();
     let policy = cfg.retry.policy();
-    let central = NodeProc::launch(BIN, &central_dir, cfg);
+    let central = NodeProc::launch(bin(), &central_dir, cfg);
     wait_blocking("all connections up", Duration::from_secs(120), || {
         central.admin.usable_connections() == Some(3 * k)
     });

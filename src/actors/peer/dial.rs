@@ -168,7 +168,7 @@ impl PeerActor {
                 .into_actor(self)
                 .map(move |err, act, ctx| act.on_closed(key, err, ctx)),
         );
-        actix::spawn(serve_inbound(
+        tokio::spawn(serve_inbound(
             meta.clone(),
             self.shared.clone(),
             self.node.handler.clone(),
