@@ -321,7 +321,7 @@ impl Forward {
                 None => Try::Over(fault.outcome()),
             }
         };
-        if let Err(e) = quinn::SendStream::write_all(&mut send, &self.head).await {
+        if let Err(e) = quinn::SendStream::write_chunk(&mut send, self.head.clone()).await {
             return fail(pipe::quic_write_fault(&e), send, recv);
         }
         // `sent`: bytes of `client.buf` written to this stream.
