@@ -11,12 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn a_thousand_requests_of_random_sizes_come_back_byte_for_byte() {
     let upstream = echo_upstream().await;
     let s = setup(upstream, Duration::from_secs_f64(5.0));
-    let _b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
-    let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (a, _b) = s.start(bin!()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let sizes: Vec<usize> = (0..1000)
         .map(|i| match i % 10 {
@@ -166,12 +161,7 @@ async fn forwarded_traffic_runs_on_node_worker_threads() {
         a.node.worker_threads = 3;
         b.node.worker_threads = 1;
     });
-    let b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
-    let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (a, b) = s.start(bin!()).await;
     let workers = |pid| {
         thread_ticks(pid)
             .iter()

@@ -21,12 +21,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 async fn a_hundred_thousand_garbage_datagrams_change_nothing() {
     let upstream = echo_upstream().await;
     let s = setup(upstream, Duration::from_secs_f64(5.0));
-    let mut b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let _a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+    let (_a, mut b) = s.start(bin!()).await;
     let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
     let target = s.b_udp;
     let sent = tokio::task::spawn_blocking(move || {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -374,12 +370,7 @@ async fn stalled_pair(
             .push(peerpool::config::ServiceConfig::new("stall", stalled));
         tune_b(b);
     });
-    let b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
-    let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (a, b) = s.start(bin!()).await;
     (s, stall_forward, a, b)
 }
 
@@ -987,12 +978,7 @@ async fn held_and_idle_connections_are_bounded_by_max_connections_and_idle_timeo
         a.forward[0].max_connections = 2;
         a.forward[0].idle_timeout = IDLE;
     });
-    let _b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let _a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
-    let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (_a, _b) = s.start(bin!()).await;
     let a_admin = Admin::new(s.a_admin);
     let forward = s.forward.to_string();
     let gauge = |m: &str| {

@@ -46,12 +46,7 @@ async fn world(
         }
         tune(a, b);
     });
-    let b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
-    let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (a, b) = s.start(bin!()).await;
     World { s, a, b, relay }
 }
 

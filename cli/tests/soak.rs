@@ -31,12 +31,7 @@ async fn soak() {
         b.node.keep_alive_interval = Duration::from_secs_f64(1.0);
         b.admin.drain_timeout = Duration::from_secs_f64(2.0);
     });
-    let mut b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
-    let a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
-    let admin = s.a_admin;
-    tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (a, mut b) = s.start(bin!()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));

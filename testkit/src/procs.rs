@@ -188,6 +188,20 @@ pub struct Setup {
     pub b_log: PathBuf,
 }
 
+impl Setup {
+    /// Starts b, then a (both from `bin`), and waits up to 20 s until a is
+    /// ready. Returns `(a, b)`.
+    pub async fn start(&self, bin: impl AsRef<Path>) -> (NodeProc, NodeProc) {
+        let b = NodeProc::start(&bin, &self.b_config, self.b_log.clone());
+        let a = NodeProc::start(&bin, &self.a_config, self.a_log.clone());
+        let admin = self.a_admin;
+        tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
+            .await
+            .expect("the readiness wait");
+        (a, b)
+    }
+}
+
 /// Node a forwards to node b's "echo" service, whose upstream is `upstream`.
 pub fn setup(upstream: SocketAddr, drain_timeout: Duration) -> Setup {
     setup_with(upstream, |_, b| b.admin.drain_timeout = drain_timeout)
