@@ -2,7 +2,7 @@
 //! measured in the same run (see BENCHMARKS.md).
 //!
 //! `cargo bench --bench load [-- SCENARIO...]` runs the named scenarios (all
-//! by default): stream_open, sidecar, bulk, scale, storm.
+//! by default): stream_open, sidecar, bulk, scale, storm, tunnels.
 //! `PEERPOOL_BENCH_QUICK=1` shrinks each to about a second (CI).
 //! Results: a table on stdout and `target/peerpool-bench.json`.
 
@@ -12,6 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "load/bulk.rs"]
 mod bulk;
+#[path = "load/chart.rs"]
+mod chart;
 #[path = "load/common.rs"]
 mod common;
 #[path = "load/scale.rs"]
@@ -22,10 +24,19 @@ mod sidecar;
 mod storm;
 #[path = "load/stream_open.rs"]
 mod stream_open;
+#[path = "load/tunnels.rs"]
+mod tunnels;
 
 use common::{Budget, Record};
 
-const SCENARIOS: [&str; 5] = ["stream_open", "sidecar", "bulk", "scale", "storm"];
+const SCENARIOS: [&str; 6] = [
+    "stream_open",
+    "sidecar",
+    "bulk",
+    "scale",
+    "storm",
+    "tunnels",
+];
 /// Run only when named: the peerpool side of benches/compare/run.sh.
 const ON_REQUEST: [&str; 1] = ["compare"];
 
@@ -145,6 +156,7 @@ fn run(name: &str, budget: Budget, records: &mut Vec<Record>) {
             "bulk" => bulk::run(budget),
             "scale" => scale::run(budget),
             "storm" => storm::run(budget),
+            "tunnels" => tunnels::run(budget),
             "compare" => {
                 let secs = std::env::var("PEERPOOL_COMPARE_SECONDS")
                     .ok()
@@ -178,5 +190,12 @@ fn finish(quick: bool, started: std::time::Instant, records: &[Record]) {
     ) {
         Ok(()) => println!("wrote {}", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+    if records.iter().any(|r| r.scenario == "tunnels") {
+        let svg = target.join("tunnels.svg");
+        match chart::draw(&out, &svg) {
+            Ok(()) => println!("wrote {}", svg.display()),
+            Err(e) => eprintln!("cannot draw {}: {e}", svg.display()),
+        }
     }
 }
