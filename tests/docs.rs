@@ -162,7 +162,7 @@ fn readme_documents_every_metric_status_and_command() {
     }
     let commands = section(&readme, "## Command line");
     for cmd in [
-        "keygen", "id", "ca init", "ca issue", "check", "run", "demo", "load",
+        "keygen", "id", "ca init", "ca issue", "check", "run", "demo", "load", "status",
     ] {
         assert!(
             commands.contains(&format!("| `peerpool {cmd}")),
@@ -171,6 +171,9 @@ fn readme_documents_every_metric_status_and_command() {
     }
     let admin = section(&readme, "### Admin API");
     for route in [
+        "GET /",
+        "GET /status",
+        "GET /config",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

@@ -29,6 +29,8 @@ use peerpool_testkit::load::{fill, new_histogram, serve_echo};
 use peerpool_testkit::net::{try_free_tcp, try_free_udp};
 use peerpool_testkit::procs::NodeProc;
 
+use crate::table::Table;
+
 const NAMES: [&str; 3] = ["a", "b", "c"];
 /// Bytes per echo request.
 const REQUEST: usize = 1024;
@@ -380,9 +382,7 @@ fn render(
         "\npeerpool demo  t={:.0}s   (Ctrl-C to stop)",
         elapsed.as_secs_f64()
     );
-    let _ = writeln!(
-        out,
-        "{:<5} {:<5} {:<12} {:>5} {:>7} {:>10} {:>9} {:>9} {:>8} {:>7}",
+    let mut table = Table::new(&[
         "node",
         "peer",
         "state",
@@ -392,8 +392,8 @@ fn render(
         "p50 ms",
         "p99 ms",
         "rtt ms",
-        "errors"
-    );
+        "errors",
+    ]);
     let mut all = stats.lock().unwrap_or_else(|e| e.into_inner());
     for s in setups {
         let rows = peer_rows(s);
@@ -423,11 +423,9 @@ fn render(
             };
             let pair = all.entry((s.name, peer)).or_default();
             let window = pair.window.take();
-            let _ = writeln!(
-                out,
-                "{:<5} {:<5} {:<12} {:>5} {:>7} {:>10} {:>9} {:>9} {:>8} {:>7}",
-                s.name,
-                peer,
+            table.row(vec![
+                s.name.to_string(),
+                peer.to_string(),
                 state,
                 conns,
                 active,
@@ -435,10 +433,11 @@ fn render(
                 ms(&window, 0.5),
                 ms(&window, 0.99),
                 rtt,
-                pair.errors
-            );
+                pair.errors.to_string(),
+            ]);
         }
     }
+    out.push_str(&table.render());
     for e in events {
         let _ = writeln!(out, "{e}");
     }

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod status;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +79,19 @@ enum Command {
         /// Seconds of traffic; 0 runs until Ctrl-C.
         #[arg(long, default_value_t = 15)]
         duration: u64,
+    },
+    /// A node's peers, forwards and services as a table (from its admin
+    /// API's `GET /status`): exit 0 when every peer is ready, 1 otherwise.
+    Status {
+        /// The node's admin address: host:port or http://host:port.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// A file holding the admin token (as `admin.token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Redraw every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// Load-test a forward (or any TCP echo service), or serve as the echo
     /// upstream with --serve-echo.
@@ -191,6 +206,15 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Run { config, log_format } => run(config, log_format),
         Command::Demo { duration } => demo::run(demo::Options { duration }),
+        Command::Status {
+            admin,
+            token_file,
+            watch,
+        } => status::run(status::Options {
+            admin,
+            token_file,
+            watch,
+        }),
         Command::Load {
             target,
             serve_echo,

@@ -197,7 +197,9 @@ pub struct AdminConfig {
 }
 
 /// The `GET` paths `admin.public` may name.
-pub const ADMIN_GET_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/peers"];
+pub const ADMIN_GET_PATHS: &[&str] = &[
+    "/healthz", "/readyz", "/metrics", "/peers", "/", "/status", "/config",
+];
 
 impl Default for AdminConfig {
     fn default() -> Self {

@@ -16,6 +16,7 @@
 pub mod labels;
 pub(crate) mod node;
 pub(crate) mod peer;
+pub mod scrape;
 mod series;
 pub(crate) mod sidecar;
 

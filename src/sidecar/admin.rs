@@ -2,6 +2,9 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | the status page: peers, forwards, services, refreshed every second from `/status` |
+//! | `GET /status` | one JSON snapshot: every peer (as `/peers`, plus ejections and open-latency buckets), every forward and service by result |
+//! | `GET /config` | the effective configuration as JSON, the admin token replaced by `"<redacted>"` |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 `ok` while the pool's supervisor runs, else 503 |
 //! | `GET /readyz` | 200 when every peer with an `addr` has a usable connection, else 503 naming the others |
@@ -38,6 +41,7 @@ struct AdminState {
     live: Option<Arc<Live>>,
     metrics: PrometheusHandle,
     process: metrics_process::Collector,
+    started: std::time::Instant,
 }
 
 #[derive(Serialize)]
@@ -91,6 +95,7 @@ fn serve(
         live,
         metrics,
         process,
+        started: std::time::Instant::now(),
     });
     let token = web::Data::new(access);
     let server = HttpServer::new(move || {
@@ -114,6 +119,9 @@ fn serve(
             )
             .app_data(web::PayloadConfig::default().limit(MAX_BODY_BYTES))
             .wrap(from_fn(require_token))
+            .route("/", web::get().to(page))
+            .route("/status", web::get().to(status))
+            .route("/config", web::get().to(config))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(render_metrics))
@@ -220,6 +228,49 @@ async fn render_metrics(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        // The page runs only its own inline script and talks only to us.
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             img-src data:; connect-src 'self'",
+        ))
+        .body(super::status::PAGE)
+}
+
+async fn status(state: web::Data<AdminState>) -> HttpResponse {
+    let peers = state.pool.peers();
+    let ready = state.pool.not_ready().is_empty();
+    let rendered = state.metrics.render();
+    HttpResponse::Ok().json(super::status::snapshot(
+        peers,
+        ready,
+        state.started.elapsed().as_secs_f64(),
+        &rendered,
+    ))
+}
+
+/// What `GET /config` puts where the token was.
+pub const REDACTED: &str = "<redacted>";
+
+async fn config(state: web::Data<AdminState>) -> HttpResponse {
+    let Some(live) = &state.live else {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "this admin server fronts a bare pool: there is no node config",
+        );
+    };
+    let mut config = live.current();
+    // The token is the one secret a config holds (key files are named by
+    // path, never read into it).
+    if !config.admin.token.is_empty() {
+        config.admin.token = REDACTED.into();
+    }
+    HttpResponse::Ok().json(config)
 }
 
 async fn list_peers(state: web::Data<AdminState>) -> HttpResponse {

@@ -14,6 +14,7 @@ mod limit;
 mod pipe;
 pub mod reload;
 mod service;
+pub mod status;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;

@@ -192,12 +192,27 @@ impl Setup {
     /// Starts b, then a (both from `bin`), and waits up to 20 s until a is
     /// ready. Returns `(a, b)`.
     pub async fn start(&self, bin: impl AsRef<Path>) -> (NodeProc, NodeProc) {
+        self.start_as(bin, Admin::new(self.a_admin)).await
+    }
+
+    /// [`Setup::start`] for an a whose admin API wants `token`.
+    pub async fn start_with_token(
+        &self,
+        bin: impl AsRef<Path>,
+        token: &str,
+    ) -> (NodeProc, NodeProc) {
+        self.start_as(bin, Admin::new(self.a_admin).with_token(token))
+            .await
+    }
+
+    async fn start_as(&self, bin: impl AsRef<Path>, admin: Admin) -> (NodeProc, NodeProc) {
         let b = NodeProc::start(&bin, &self.b_config, self.b_log.clone());
         let a = NodeProc::start(&bin, &self.a_config, self.a_log.clone());
-        let admin = self.a_admin;
-        tokio::task::spawn_blocking(move || wait_ready(admin, "node a", Duration::from_secs(20)))
-            .await
-            .expect("the readiness wait");
+        tokio::task::spawn_blocking(move || {
+            wait_blocking("node a ready", Duration::from_secs(20), || admin.ready())
+        })
+        .await
+        .expect("the readiness wait");
         (a, b)
     }
 }

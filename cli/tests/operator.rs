@@ -1,0 +1,215 @@
+//! What an operator reaches for first, through the real binary: the status
+//! page in a real headless Chromium, `peerpool status` and its exit codes,
+//! and `GET /config` with no secret in it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use peerpool::sidecar::status::Status;
+use peerpool_testkit::prelude::*;
+
+fn status_cmd(admin: std::net::SocketAddr, token_file: Option<&Path>) -> Output {
+    let mut c = Command::new(bin!());
+    c.args(["status", "--admin", &admin.to_string()]);
+    if let Some(f) = token_file {
+        c.arg("--token-file").arg(f);
+    }
+    c.output().expect("run peerpool status")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Headless Chromium on `url` with `args`, its console going to stderr:
+/// (stdout, stderr).
+fn chromium(url: &str, args: &[&str]) -> (String, String) {
+    let program = require("chromium", "apt-get install chromium (.ci/run does)");
+    let profile = tempfile::tempdir().expect("chromium profile dir");
+    let out = Command::new(program)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            // Let the page's timers run: three polls of /status.
+            "--virtual-time-budget=3500",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    (text(&out.stdout), text(&out.stderr))
+}
+
+/// The text of the first `<td data-k="KEY">` inside the row that opens
+/// with `row` (an attribute like `data-peer="b"`).
+fn cell(dom: &str, row: &str, key: &str) -> Option<String> {
+    let start = dom.find(row)?;
+    let rest = &dom[start..];
+    let end = rest.find("</tr>")?;
+    let row = &rest[..end];
+    let tag = format!("data-k=\"{key}\">");
+    let at = row.find(&tag)? + tag.len();
+    Some(row[at..].split('<').next()?.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_and_command_show_what_the_nodes_did() {
+    let upstream = echo_upstream().await;
+    let s = setup(upstream, Duration::from_secs(5));
+    let (_a, mut b) = s.start(bin!()).await;
+    const REQUESTS: u64 = 40;
+    for i in 0..REQUESTS {
+        through(s.forward, format!("request {i}").as_bytes())
+            .await
+            .expect("a request through the forward");
+    }
+    let admin = s.a_admin;
+
+    // The JSON the page and the command read.
+    let (code, body) = http_async("GET", &format!("http://{admin}/status"), None, None).await;
+    assert_eq!(code, 200, "{body}");
+    let status: Status = serde_json::from_str(&body).expect("a Status");
+    assert!(status.ready);
+    let peer = &status.peers[0];
+    assert_eq!(peer.status.name, "b");
+    assert_eq!(peer.status.usable(), peer.status.target);
+    assert!(peer.status.streams_opened >= REQUESTS, "{peer:?}");
+    assert!(peer.opens >= REQUESTS, "every open is timed: {peer:?}");
+    let forward = &status.forwards[0];
+    assert_eq!(forward.name, s.forward.to_string());
+    assert_eq!(forward.results.get("ok"), Some(&REQUESTS), "{forward:?}");
+    assert_eq!(forward.failed(), 0);
+
+    // The command: every peer ready, exit 0; the same facts in the table.
+    let out = tokio::task::spawn_blocking(move || status_cmd(admin, None))
+        .await
+        .expect("status");
+    let table = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{table}{}", text(&out.stderr));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("b "))
+        .unwrap_or_else(|| panic!("no row for peer b:\n{table}"));
+    assert!(row.contains("healthy"), "{row}");
+    assert!(
+        row.contains(&format!("{0}/{0}", peer.status.target)),
+        "{row}"
+    );
+    let fwd_row = table
+        .lines()
+        .find(|l| l.contains(&format!("forward {}", s.forward)))
+        .unwrap_or_else(|| panic!("no row for the forward:\n{table}"));
+    assert!(fwd_row.contains(&format!(" {REQUESTS} ")), "{fwd_row}");
+
+    // The page in a real browser: it ran its script without an error and
+    // shows the same numbers.
+    let url = format!("http://{admin}/");
+    let page_url = url.clone();
+    let (dom, console) = tokio::task::spawn_blocking(move || chromium(&page_url, &["--dump-dom"]))
+        .await
+        .expect("chromium");
+    // The page logs nothing: any console line is an error, a blocked
+    // request (CSP) or an exception.
+    let logged: Vec<&str> = console.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(
+        logged.is_empty(),
+        "the page wrote to the console:\n{logged:#?}"
+    );
+    assert!(dom.contains("data-peer=\"b\""), "no peer row in:\n{dom}");
+    assert_eq!(
+        cell(&dom, "data-peer=\"b\"", "state").as_deref(),
+        Some("healthy")
+    );
+    assert_eq!(
+        cell(&dom, "data-peer=\"b\"", "conns"),
+        Some(format!("{0} / {0}", peer.status.target))
+    );
+    let flow = format!("data-flow=\"{}\"", s.forward);
+    assert_eq!(cell(&dom, &flow, "total"), Some(REQUESTS.to_string()));
+    assert_eq!(cell(&dom, &flow, "failed").as_deref(), Some("0"));
+    assert!(dom.contains(">ready<"), "summary should say ready:\n{dom}");
+
+    // A screenshot for people (README shows one); kept under target/.
+    let artifacts = repo("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifact dir");
+    let shot = artifacts.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg = format!("--screenshot={}", shot.display());
+    tokio::task::spawn_blocking(move || chromium(&url, &[&arg, "--window-size=1400,520"]))
+        .await
+        .expect("chromium screenshot");
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+
+    // b gone: a is not ready, and the command says so with exit 1.
+    b.kill();
+    tokio::task::spawn_blocking(move || {
+        let a = Admin::new(admin);
+        wait_blocking("a not ready", Duration::from_secs(15), || !a.ready())
+    })
+    .await
+    .expect("the wait");
+    let out = tokio::task::spawn_blocking(move || status_cmd(admin, None))
+        .await
+        .expect("status");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("NOT READY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_and_status_keep_the_token_rules_and_never_show_the_token() {
+    const TOKEN: &str = "tok-3f9c1e7a55d04b2b";
+    let upstream = echo_upstream().await;
+    let s = setup_with(upstream, |a, _| a.admin.token = TOKEN.into());
+    let (_a, _b) = s.start_with_token(bin!(), TOKEN).await;
+    let admin = s.a_admin;
+    let url = |p: &str| format!("http://{admin}{p}");
+    for path in ["/", "/status", "/config"] {
+        let (code, _) = http_async("GET", &url(path), None, None).await;
+        assert_eq!(code, 401, "GET {path} without the token");
+    }
+    let (code, body) = http_async("GET", &url("/config"), Some(TOKEN), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains(TOKEN), "the token leaked: {body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(shown["admin"]["token"], peerpool::sidecar::admin::REDACTED);
+    // Everything else is the config the node runs: the file's, as loaded.
+    let mut file: peerpool::config::Config =
+        toml::from_str(&std::fs::read_to_string(&s.a_config).expect("a.toml")).expect("toml");
+    file.admin.token = peerpool::sidecar::admin::REDACTED.into();
+    assert_eq!(shown, serde_json::to_value(&file).expect("to JSON"));
+
+    // The command: no token, exit 1 naming the fix; the token from a file, 0.
+    let out = tokio::task::spawn_blocking(move || status_cmd(admin, None))
+        .await
+        .expect("status");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--token-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let tf = token_file.clone();
+    let out = tokio::task::spawn_blocking(move || status_cmd(admin, Some(&tf)))
+        .await
+        .expect("status");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A token file that cannot be read is bad input: exit 2, named.
+    let missing = dir.path().join("missing");
+    let m = missing.clone();
+    let out = tokio::task::spawn_blocking(move || status_cmd(admin, Some(&m)))
+        .await
+        .expect("status");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(&missing.display().to_string()));
+}
