@@ -213,3 +213,74 @@ async fn config_and_status_keep_the_token_rules_and_never_show_the_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains(&missing.display().to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_age_are_replaced_without_a_failed_request() {
+    use peerpool_testkit::load::{self, Mode, Options};
+    let upstream = echo_upstream().await;
+    let s = setup_with(upstream, |a, _| {
+        a.pool.max_connection_age = Duration::from_secs(2);
+    });
+    let (_a, _b) = s.start(bin!()).await;
+    let admin = Admin::new(s.a_admin);
+    let first: std::collections::BTreeSet<u64> = admin
+        .peer("b")
+        .expect("peer b")
+        .connections
+        .iter()
+        .map(|c| c.number)
+        .collect();
+    // A new TCP connection (and stream) per request for 7 s: each
+    // connection lives 1.8-2.2 s, so every one of the first is replaced.
+    let report = load::run(Options {
+        target: s.forward,
+        concurrency: 8,
+        duration: Duration::from_secs(7),
+        size: 512,
+        mode: Mode::Echo,
+        connection_per_request: true,
+        requests: None,
+        request_timeout: Duration::from_secs(5),
+    })
+    .await;
+    assert!(
+        report.requests > 500,
+        "too little traffic: {}",
+        report.requests
+    );
+    assert_eq!(
+        report.error_count(),
+        0,
+        "failed requests: {:?}",
+        report.errors
+    );
+    let peer = tokio::task::spawn_blocking(move || admin.peer("b"))
+        .await
+        .expect("peers")
+        .expect("peer b");
+    let now: std::collections::BTreeSet<u64> = peer.connections.iter().map(|c| c.number).collect();
+    assert!(
+        first.is_disjoint(&now),
+        "every first connection is replaced: first {first:?}, now {now:?}"
+    );
+    // 2.2 s at most, plus waiting for the replacement of another one.
+    assert!(
+        peer.connections.iter().all(|c| c.age_seconds < 3.0),
+        "{peer:?}"
+    );
+    // b saw them go with the age code, a handed them over cleanly.
+    let b_metrics = Admin::new(s.b_admin).metrics();
+    let aged = metric(
+        &b_metrics,
+        "peerpool_connection_closed_total",
+        &[("reason", "aged")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        aged >= first.len() as f64,
+        "closes with reason aged on b: {aged}"
+    );
+    let a_metrics = Admin::new(s.a_admin).metrics();
+    let failed = metric(&a_metrics, "peerpool_stream_open_failures_total", &[]).unwrap_or(0.0);
+    assert_eq!(failed, 0.0, "stream opens failed on a");
+}

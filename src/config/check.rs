@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 
 use super::limits::{stream_reservation, AddressValidation, HandshakeConfig};
 use super::load::Problem;
-use super::schema::{Config, PeerConfig, MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES};
+use super::schema::{
+    Config, PeerConfig, MAX_CONNECTIONS_PER_PEER, MAX_CONNECTION_AGE, MAX_SERVICE_NAME_BYTES,
+    MIN_CONNECTION_AGE,
+};
 use crate::identity::PeerId;
 
 /// More TCP connections than this on one forward is surely a typo (each
@@ -187,6 +190,18 @@ impl Config {
                 format!(
                     "must be between 1 and {MAX_CONNECTIONS_PER_PEER}, got {}",
                     pool.max_connections_per_peer
+                ),
+            ));
+        }
+        let age = pool.max_connection_age;
+        if !age.is_zero() && !(MIN_CONNECTION_AGE..=MAX_CONNECTION_AGE).contains(&age) {
+            p.push(Problem::new(
+                "pool.max_connection_age",
+                format!(
+                    "must be 0 (off) or between {} and {} seconds, got {}",
+                    MIN_CONNECTION_AGE.as_secs(),
+                    MAX_CONNECTION_AGE.as_secs(),
+                    age.as_secs_f64()
                 ),
             ));
         }

@@ -16,6 +16,10 @@ use crate::pool::{RetryPolicy, Strategy};
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// The most connections a peer may have (`pool.max_connections_per_peer`).
 pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Bounds of a non-zero `pool.max_connection_age`: below a second the pool
+/// would do little but redial; above 30 days it is off in all but name.
+pub(super) const MIN_CONNECTION_AGE: Duration = Duration::from_secs(1);
+pub(super) const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Service names travel in a one-byte length field.
 pub const MAX_SERVICE_NAME_BYTES: usize = 255;
 
@@ -120,6 +124,11 @@ pub struct PoolConfig {
     pub load_balancing_strategy: Strategy,
     #[serde(with = "units::positive_secs")]
     pub stream_open_timeout: Duration,
+    /// Outbound connections older than this (each its own lifetime, within
+    /// ±10 % of it) are retired through the RETIRE/DONE handover and
+    /// replaced, so traffic spreads over endpoints added since. 0 = never.
+    #[serde(with = "units::non_negative_secs")]
+    pub max_connection_age: Duration,
 }
 
 impl Default for PoolConfig {
@@ -129,6 +138,7 @@ impl Default for PoolConfig {
             connection_timeout: Duration::from_secs(30),
             load_balancing_strategy: Strategy::RoundRobin,
             stream_open_timeout: Duration::from_secs(5),
+            max_connection_age: Duration::ZERO,
         }
     }
 }

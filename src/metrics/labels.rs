@@ -69,6 +69,8 @@ labels! {
         Reset => "reset",
         GoingAway => "going_away",
         Excess => "excess",
+        /// Retired at `pool.max_connection_age` by the dialler.
+        Aged => "aged",
         Refused => "refused",
         PeerClosed => "peer_closed",
         Local => "local",

@@ -49,6 +49,9 @@ pub(crate) struct Conn<H> {
     /// When it took its slot: the start of "stayed up for reset_after".
     pub(super) bound_at: Time,
     pub(super) retiring: bool,
+    /// When it has lived long enough (`pool.max_connection_age`, jittered
+    /// by the caller); `None` for no limit or a connection the peer dialled.
+    pub(crate) expires_at: Option<Time>,
 }
 
 impl<H> Conn<H> {
@@ -68,13 +71,35 @@ impl<H> Conn<H> {
             slot: None,
             bound_at: Time::ZERO,
             retiring: false,
+            expires_at: None,
         }
+    }
+
+    /// The same connection, due for replacement at `at`.
+    pub(crate) fn expiring_at(mut self, at: Option<Time>) -> Conn<H> {
+        self.expires_at = at;
+        self
     }
 
     /// Takes new streams: it is not being retired.
     pub(crate) fn usable(&self) -> bool {
         !self.retiring
     }
+}
+
+/// How far a connection's lifetime may stray from `pool.max_connection_age`
+/// either way, so connections opened together are not replaced together.
+pub(crate) const AGE_JITTER: f64 = 0.1;
+
+/// When a connection opened at `now` is due for replacement: `age` ± 10 %,
+/// uniformly; `None` when `age` is zero (no limit).
+pub(crate) fn expiry<R: rand::Rng + ?Sized>(
+    now: Time,
+    age: std::time::Duration,
+    rng: &mut R,
+) -> Option<Time> {
+    (!age.is_zero())
+        .then(|| now + age.mul_f64(rng.random_range(1.0 - AGE_JITTER..=1.0 + AGE_JITTER)))
 }
 
 /// A connection the core let go of.

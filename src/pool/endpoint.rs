@@ -331,6 +331,18 @@ impl<H, E> Endpoint<H, E> {
             .collect()
     }
 
+    /// The connection to replace for its age now, if any: the longest
+    /// expired usable one, but only while this endpoint holds all N usable
+    /// and retires nothing else, so replacing never takes it below N - 1.
+    pub(crate) fn aged(&self, now: Time) -> Option<ConnKey> {
+        if self.conns.values().any(|c| c.retiring) || self.usable() < self.target() {
+            return None;
+        }
+        let expired =
+            |(k, c): (&ConnKey, &Conn<H>)| Some((c.expires_at.filter(|&t| t <= now)?, *k));
+        self.conns.iter().filter_map(expired).min().map(|(_, k)| k)
+    }
+
     /// Usable connections that reach another instance of the peer than
     /// `instance`: they lead to a process that is gone.
     pub(crate) fn stale(&self, instance: u64) -> Vec<ConnKey> {

@@ -342,6 +342,15 @@ impl<H, E: Default, A: Ord + Clone> PeerCore<H, E, A> {
         self.endpoints.values().flat_map(Endpoint::excess).collect()
     }
 
+    /// Connections to replace for their age now, at most one per endpoint
+    /// (see [`Endpoint::aged`]).
+    pub(crate) fn aged(&self, now: Time) -> Vec<ConnKey> {
+        self.endpoints
+            .values()
+            .filter_map(|e| e.aged(now))
+            .collect()
+    }
+
     /// Usable connections of `addr` that reach another instance of the
     /// peer than `instance`: they lead to a process that is gone.
     pub(crate) fn stale(&self, addr: &A, instance: u64) -> Vec<ConnKey> {
@@ -710,6 +719,56 @@ mod tests {
         p.retire(2);
         assert_eq!(p.admission(&A, worse), Admission::Admit);
         assert_eq!(p.admission(&7, worse), Admission::Admit, "another endpoint");
+    }
+
+    #[test]
+    fn aged_connections_are_replaced_one_at_a_time_and_only_at_full_strength() {
+        let mut p = core(2, 0.0);
+        p.add_inbound(&A, 1, conn(1).expiring_at(Some(ms(1_000))), Time::ZERO);
+        p.add_inbound(&A, 2, conn(2).expiring_at(Some(ms(900))), Time::ZERO);
+        assert!(p.aged(ms(899)).is_empty(), "none expired yet");
+        assert_eq!(p.aged(ms(950)), vec![2]);
+        assert_eq!(
+            p.aged(ms(5_000)),
+            vec![2],
+            "the longest expired first, one only"
+        );
+        p.retire(2);
+        assert!(
+            p.aged(ms(5_000)).is_empty(),
+            "not while another connection of the endpoint is being retired"
+        );
+        let mut rng = SmallRng::seed_from_u64(3);
+        p.closed(2, false, ms(5_000), &mut rng);
+        assert!(
+            p.aged(ms(5_000)).is_empty(),
+            "not below N: its replacement comes first"
+        );
+        p.add_inbound(&A, 3, conn(3), ms(5_000));
+        assert_eq!(p.aged(ms(5_000)), vec![1]);
+        // No limit, or a connection the peer dialled: never aged.
+        let mut q = core(1, 0.0);
+        q.add_inbound(&A, 1, conn(1), Time::ZERO);
+        assert!(q.aged(Time::MAX).is_empty());
+    }
+
+    #[test]
+    fn connection_lifetimes_spread_over_plus_minus_ten_percent() {
+        use crate::pool::conn::expiry;
+        let mut rng = SmallRng::seed_from_u64(11);
+        assert_eq!(expiry(ms(5), Duration::ZERO, &mut rng), None);
+        let age = Duration::from_secs(100);
+        let lives: Vec<f64> = (0..2_000)
+            .map(|_| (expiry(ms(5), age, &mut rng).unwrap() - ms(5)).as_secs_f64())
+            .collect();
+        let (lo, hi) = lives
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        assert!(lo >= 90.0 && hi <= 110.0, "{lo}..{hi}");
+        assert!(
+            lo < 91.0 && hi > 109.0,
+            "spread over the whole band: {lo}..{hi}"
+        );
     }
 
     #[test]

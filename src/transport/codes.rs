@@ -91,7 +91,14 @@ pub const PROTOCOL_VIOLATION: CloseCode = CloseCode {
     reason: "control stream protocol violation",
 };
 
-pub const ALL: [CloseCode; 12] = [
+/// The connection reached `pool.max_connection_age` and was handed over
+/// (RETIRE/DONE); the dialler has a replacement on its way.
+pub const AGED: CloseCode = CloseCode {
+    code: 0xd,
+    reason: "connection reached its maximum age",
+};
+
+pub const ALL: [CloseCode; 13] = [
     GOING_AWAY,
     EXCESS,
     OVER_LIMIT,
@@ -104,6 +111,7 @@ pub const ALL: [CloseCode; 12] = [
     CLOSED_BY_OPERATOR,
     STALE,
     PROTOCOL_VIOLATION,
+    AGED,
 ];
 
 /// QUIC stream error codes used by the pool itself (the sidecar's stream

@@ -300,6 +300,7 @@ pub(crate) fn close_reason(e: &quinn::ConnectionError) -> (CloseReason, bool) {
         E::Reset => (CloseReason::Reset, true),
         E::ApplicationClosed(close) => match CloseCode::from_code(close.error_code.into_inner()) {
             Some(codes::EXCESS) => (CloseReason::Excess, false),
+            Some(codes::AGED) => (CloseReason::Aged, false),
             Some(codes::GOING_AWAY) => (CloseReason::GoingAway, true),
             Some(codes::OVER_LIMIT) | Some(codes::UNKNOWN_PEER) | Some(codes::DRAINING) => {
                 (CloseReason::Refused, true)

@@ -15,7 +15,7 @@ use crate::actors::messages::{Admit, PeerDrains, PeerRetires, RemovePeer};
 use crate::actors::telemetry::Seen;
 use crate::identity::Verified;
 use crate::metrics::labels::{DialResult, InboundRefused};
-use crate::pool::conn::Conn;
+use crate::pool::conn::{expiry, Conn};
 use crate::pool::endpoint::AfterFailure;
 use crate::pool::limit::{Admission, ConnRank};
 use crate::pool::{ConnKey, Direction, PeakEwma};
@@ -109,6 +109,9 @@ impl PeerActor {
                     },
                     ctx,
                 );
+                // Only the dialler replaces a connection for its age.
+                let age = self.node.config.pool.max_connection_age;
+                let conn = conn.expiring_at(expiry(now, age, &mut self.rng));
                 if !self.core.dial_succeeded(&addr, slot, key, conn, now) {
                     // Its endpoint left the address set while it dialled.
                     self.retire(key, codes::EXCESS, ctx);

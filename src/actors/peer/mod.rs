@@ -257,7 +257,10 @@ impl Actor for PeerActor {
         self.shared.metrics.set_state(inherited);
         self.shared.metrics.target.set(self.shared.target as f64);
         self.shared.failures.attach(Some(ctx.address().recipient()));
-        ctx.run_interval(TICK, |act, _| act.tick());
+        ctx.run_interval(TICK, |act, ctx| {
+            act.tick();
+            act.replace_aged(ctx);
+        });
         self.discover(ctx);
         self.drive(ctx);
     }

@@ -37,6 +37,20 @@ impl PeerActor {
         }
     }
 
+    /// Replaces connections that reached `pool.max_connection_age`: retired
+    /// through the handover like an excess one, redialled by `drive`.
+    pub(super) fn replace_aged(&mut self, ctx: &mut Context<Self>) {
+        let aged = self.core.aged(self.node.now());
+        if aged.is_empty() {
+            return;
+        }
+        for key in aged {
+            tracing::debug!(peer = %self.name(), conn = key, "connection reached pool.max_connection_age; replacing it");
+            self.retire(key, codes::AGED, ctx);
+        }
+        self.drive(ctx);
+    }
+
     /// Retires a connection both ends agree is excess: stops routing new
     /// streams to it and closes it once no stream of either end can be on it
     /// (the control stream's RETIRE/DONE exchange, see
