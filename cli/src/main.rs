@@ -65,7 +65,8 @@ enum Command {
     },
     /// Run the sidecar: the pool, the forwards, the services, the admin API.
     /// SIGTERM or SIGINT drains and exits 0; a second signal exits at once.
-    /// SIGHUP reads the config file again and applies what changed.
+    /// SIGHUP reads the config file again and applies what changed;
+    /// SIGUSR1 reopens the access log.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -306,6 +307,7 @@ fn run(path: PathBuf, format: LogFormat) -> ExitCode {
         tokio::select! {
             _ = first_signal() => {}
             _ = reload_on_sighup(&node) => {}
+            _ = reopen_on_sigusr1(&node) => {}
         }
         // A second signal does not wait for the drain.
         actix_rt::spawn(async {
@@ -333,6 +335,21 @@ async fn reload_on_sighup(node: &Node) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config file");
         let _ = node.reload().await;
+    }
+    std::future::pending().await
+}
+
+/// Reopens the access log on every SIGUSR1 (after logrotate moved the
+/// file); never returns.
+async fn reopen_on_sigusr1(node: &Node) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::error!("cannot install the SIGUSR1 handler; the access log is not reopened");
+        return std::future::pending().await;
+    };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the access log");
+        node.reopen_access_log();
     }
     std::future::pending().await
 }

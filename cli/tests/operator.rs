@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::Duration;
 
 use peerpool::sidecar::status::Status;
@@ -283,4 +284,182 @@ async fn connections_past_max_age_are_replaced_without_a_failed_request() {
     let a_metrics = Admin::new(s.a_admin).metrics();
     let failed = metric(&a_metrics, "peerpool_stream_open_failures_total", &[]).unwrap_or(0.0);
     assert_eq!(failed, 0.0, "stream opens failed on a");
+}
+
+/// Reads the lines of `path` (none if it does not exist yet).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn counter(admin: std::net::SocketAddr, result: &str) -> f64 {
+    let m = Admin::new(admin).metrics();
+    metric(&m, "peerpool_access_log_lines_total", &[("result", result)]).unwrap_or(0.0)
+}
+
+async fn requests(forward: std::net::SocketAddr, n: u64, size: usize) -> load::Report {
+    load::run(load::Options {
+        target: forward,
+        concurrency: 8,
+        duration: Duration::from_secs(60),
+        size,
+        mode: load::Mode::Echo,
+        connection_per_request: true,
+        requests: Some(n),
+        request_timeout: Duration::from_secs(5),
+    })
+    .await
+}
+
+use peerpool_testkit::load;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_match_the_traffic_and_reopen_on_sigusr1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_log, b_log) = (dir.path().join("a.access"), dir.path().join("b.access"));
+    let upstream = echo_upstream().await;
+    let (al, bl) = (a_log.clone(), b_log.clone());
+    let s = setup_with(upstream, move |a, b| {
+        a.access_log.path = al;
+        b.access_log.path = bl;
+        b.access_log.format = peerpool::config::AccessLogFormat::Text;
+    });
+    let (a, _b) = s.start(bin!()).await;
+    const N: u64 = 200;
+    const SIZE: usize = 300;
+    let report = requests(s.forward, N, SIZE).await;
+    assert_eq!(
+        (report.requests, report.error_count()),
+        (N, 0),
+        "{:?}",
+        report.errors
+    );
+    let (al, bl) = (a_log.clone(), b_log.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("every line written", Duration::from_secs(10), || {
+            lines_of(&al).len() as u64 == N && lines_of(&bl).len() as u64 == N
+        })
+    })
+    .await
+    .expect("wait");
+    for line in lines_of(&a_log) {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_eq!(v["kind"], "forward", "{line}");
+        assert_eq!(v["name"], s.forward.to_string(), "{line}");
+        assert_eq!(v["peer"], "b", "{line}");
+        assert_eq!(v["endpoint"], s.b_udp.to_string(), "{line}");
+        assert_eq!(v["result"], "ok", "{line}");
+        assert_eq!(v["bytes_up"], SIZE as u64, "{line}");
+        assert_eq!(v["bytes_down"], SIZE as u64, "{line}");
+        assert_eq!(v["retries"], 0, "{line}");
+        assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{line}");
+        assert!(
+            v["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+    }
+    for line in lines_of(&b_log) {
+        assert!(
+            line.contains(" service echo peer=a endpoint=127.0.0.1:"),
+            "{line}"
+        );
+        assert!(line.contains(&format!(" up={SIZE} down={SIZE} ")), "{line}");
+        assert!(line.ends_with(" result=ok retries=0"), "{line}");
+    }
+    let admin = s.a_admin;
+    let (written, dropped) =
+        tokio::task::spawn_blocking(move || (counter(admin, "written"), counter(admin, "dropped")))
+            .await
+            .expect("metrics");
+    assert_eq!((written, dropped), (N as f64, 0.0));
+
+    // Rotation: the file is moved away, SIGUSR1, new lines go to a new file.
+    let rotated = dir.path().join("a.access.1");
+    std::fs::rename(&a_log, &rotated).expect("rotate");
+    a.signal("-USR1");
+    // The writer looks for the request at least every 200 ms; lines sent
+    // before it reopens still land in the old file, so count both.
+    let more = requests(s.forward, 20, SIZE).await;
+    assert_eq!(more.error_count(), 0);
+    let (al, r) = (a_log.clone(), rotated.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("the new file", Duration::from_secs(10), || {
+            lines_of(&al).len() + lines_of(&r).len() == (N + 20) as usize && al.exists()
+        })
+    })
+    .await
+    .expect("wait");
+    assert!(lines_of(&rotated).len() >= N as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_access_log_queue_drops_and_counts_lines_and_never_slows_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("access.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    // The node opens its log when it starts; a FIFO opens once both ends
+    // do, so the reader waits in a thread. It reads nothing until told:
+    // the writer blocks once the pipe's buffer is full.
+    let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (f, counted) = (fifo.clone(), read.clone());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let file = std::fs::File::open(&f).expect("open the FIFO");
+        let _ = start_rx.recv();
+        for line in std::io::BufReader::new(file).lines() {
+            if line.is_err() {
+                break;
+            }
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let upstream = echo_upstream().await;
+    let f = fifo.clone();
+    let s = setup_with(upstream, move |a, _| {
+        a.access_log.path = f;
+        a.access_log.queue = 4;
+    });
+    let (_a, _b) = s.start(bin!()).await;
+    const N: u64 = 1500;
+    let started = std::time::Instant::now();
+    let report = requests(s.forward, N, 64).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (report.requests, report.error_count()),
+        (N, 0),
+        "{:?}",
+        report.errors
+    );
+    let admin = s.a_admin;
+    let dropped = tokio::task::spawn_blocking(move || counter(admin, "dropped"))
+        .await
+        .expect("metrics");
+    assert!(
+        dropped > 0.0,
+        "a stuck writer and a queue of 4 must drop lines"
+    );
+    // Now drain: every line is either read or counted as dropped.
+    let _ = start_tx.send(());
+    let r = read.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking(
+            "lines read + dropped = connections",
+            Duration::from_secs(10),
+            || {
+                let (w, d) = (counter(admin, "written"), counter(admin, "dropped"));
+                w + d == N as f64 && r.load(std::sync::atomic::Ordering::Relaxed) as f64 == w
+            },
+        )
+    })
+    .await
+    .expect("wait");
+    eprintln!(
+        "{N} connections in {took:?}, {} lines read, {dropped} dropped while the reader slept",
+        read.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }

@@ -103,6 +103,9 @@ impl Config {
         self.check_discovery_and_outliers(&mut p);
         self.check_peers(&mut p, own_id);
         self.check_forwards_and_services(&mut p);
+        for (key, message) in self.access_log.problems() {
+            p.push(Problem::new(key, message));
+        }
         if p.is_empty() {
             Ok(())
         } else {

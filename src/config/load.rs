@@ -188,13 +188,15 @@ impl Config {
                 "trust" => section(&mut problems, "trust", value, &mut config.trust),
                 "outlier" => section(&mut problems, "outlier", value, &mut config.outlier),
                 "handshake" => section(&mut problems, "handshake", value, &mut config.handshake),
+                "access_log" => section(&mut problems, "access_log", value, &mut config.access_log),
                 "peers" => array(&mut problems, "peers", value, &mut config.peers),
                 "forward" => array(&mut problems, "forward", value, &mut config.forward),
                 "service" => array(&mut problems, "service", value, &mut config.service),
                 other => problems.push(Problem::new(
                     other,
                     "unknown key; the top level allows [node], [pool], [retry], [admin], \
-                     [discovery], [trust], [outlier], [handshake], [[peers]], [[forward]] and [[service]]",
+                     [discovery], [trust], [outlier], [handshake], [access_log], [[peers]], [[forward]] \
+                     and [[service]]",
                 )),
             }
         }

@@ -7,6 +7,7 @@
 //!   `IP:PORT` addresses, each with a message that says what is expected;
 //! - `check`: the rules serde cannot express, one message per rule;
 //! - `limits`: `[handshake]` and the rules of the buffer keys of `[node]`;
+//! - `logging`: `[access_log]` and its rules;
 //! - `load`: reading a file and reporting every problem at once, each naming
 //!   the key, the bad value and what is allowed, e.g.
 //!   `pool.max_connections_per_peer: must be between 1 and 64, got 0`.
@@ -14,12 +15,14 @@
 mod check;
 pub mod limits;
 mod load;
+mod logging;
 mod schema;
 mod units;
 
 pub use check::{check_peer, check_peer_name, PeerProblem};
 pub use limits::{stream_reservation, AddressValidation, HandshakeConfig};
 pub use load::{ConfigError, Loaded, Problem};
+pub use logging::{AccessLogConfig, AccessLogFormat, MAX_ACCESS_LOG_QUEUE};
 pub use schema::{
     AdminConfig, Config, DiscoveryConfig, ForwardConfig, NodeConfig, OutlierConfig, PeerAddr,
     PeerConfig, PoolConfig, RetryConfig, ServiceConfig, TrustConfig, ADMIN_GET_PATHS,

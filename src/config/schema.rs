@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::limits::HandshakeConfig;
+use super::logging::AccessLogConfig;
 use super::units;
 use crate::identity::PeerId;
 use crate::pool::{RetryPolicy, Strategy};
@@ -34,6 +35,7 @@ pub struct Config {
     pub trust: TrustConfig,
     pub outlier: OutlierConfig,
     pub handshake: HandshakeConfig,
+    pub access_log: AccessLogConfig,
     pub peers: Vec<PeerConfig>,
     pub forward: Vec<ForwardConfig>,
     pub service: Vec<ServiceConfig>,

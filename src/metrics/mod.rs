@@ -66,6 +66,7 @@ pub const HANDSHAKE_GATE: &str = "peerpool_handshake_gate_total";
 pub const HANDSHAKES_PENDING: &str = "peerpool_handshakes_pending";
 pub const STREAM_MEMORY: &str = "peerpool_stream_memory_bytes";
 pub const STREAM_MEMORY_LIMIT: &str = "peerpool_stream_memory_limit_bytes";
+pub const ACCESS_LOG_LINES: &str = "peerpool_access_log_lines_total";
 
 /// Buckets of `peerpool_stream_open_duration_seconds`: 10 µs to 10 s, two
 /// per decade (every bucket is a series per peer, and series cost render
@@ -296,6 +297,10 @@ fn describe() {
         STREAM_MEMORY_LIMIT,
         Unit::Bytes,
         "node.stream_memory: past it forwards wait and services refuse with 0x09 overloaded."
+    );
+    describe_counter!(
+        ACCESS_LOG_LINES,
+        "Access log lines, by result (written; dropped: the writer's queue, access_log.queue, was full, or the write failed)."
     );
     describe_counter!(
         CONFIG_RELOADS,

@@ -86,3 +86,24 @@ pub(crate) fn stream_memory(reserved: u64, limit: u64) {
     metrics::gauge!(STREAM_MEMORY).set(reserved as f64);
     metrics::gauge!(STREAM_MEMORY_LIMIT).set(limit as f64);
 }
+
+/// The access log's counters: lines written, lines dropped.
+#[derive(Clone)]
+pub(crate) struct AccessLogMetrics {
+    pub(crate) written: metrics::Counter,
+    pub(crate) dropped: metrics::Counter,
+}
+
+impl AccessLogMetrics {
+    pub(crate) fn new() -> AccessLogMetrics {
+        AccessLogMetrics {
+            written: metrics::counter!(ACCESS_LOG_LINES, "result" => "written"),
+            dropped: metrics::counter!(ACCESS_LOG_LINES, "result" => "dropped"),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        self.written.increment(0);
+        self.dropped.increment(0);
+    }
+}

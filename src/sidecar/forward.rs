@@ -26,6 +26,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::access_log::{AccessLog, Entry, Kind};
 use super::budget::StreamBudget;
 use super::header::{self, Status};
 use super::limit::{Held, Slot};
@@ -94,8 +95,20 @@ pub(crate) struct Forward {
     pool: Pool,
     metrics: Arc<ForwardMetrics>,
     memory: Arc<StreamBudget>,
+    log: Arc<AccessLog>,
+    /// The listen address and the peer, as access log lines show them.
+    label: Arc<str>,
+    peer: Arc<str>,
     /// How long after the accept a retry may still start.
     budget: Duration,
+}
+
+/// What one connection's access log line needs from its transfer.
+#[derive(Default)]
+struct Trail {
+    /// The endpoint of the last stream opened for it.
+    endpoint: Option<SocketAddr>,
+    retries: u32,
 }
 
 impl Forward {
@@ -106,15 +119,19 @@ impl Forward {
         pool: Pool,
         metrics: Arc<ForwardMetrics>,
         memory: Arc<StreamBudget>,
+        log: Arc<AccessLog>,
     ) -> Option<Forward> {
         let head = header::encode(&config.service)?;
         Some(Forward {
             head: head.into(),
             budget: pool.config().pool.stream_open_timeout,
+            label: config.listen.to_string().into(),
+            peer: config.peer.as_str().into(),
             config,
             pool,
             metrics,
             memory,
+            log,
         })
     }
 }
@@ -182,7 +199,8 @@ impl Forward {
     async fn one(self: Arc<Self>, tcp: TcpStream) {
         let accepted = Instant::now();
         let activity = Activity::default();
-        let run = self.run(Client::new(tcp), accepted, &activity);
+        let mut trail = Trail::default();
+        let run = self.run(Client::new(tcp), accepted, &activity, &mut trail);
         let limit = self.config.idle_timeout;
         let result = if limit.is_zero() {
             run.await
@@ -197,7 +215,23 @@ impl Forward {
                 }
             }
         };
-        self.metrics.record(result, accepted.elapsed());
+        let took = accepted.elapsed();
+        self.metrics.record(result, took);
+        self.log.log(|| {
+            let (bytes_up, bytes_down) = activity.bytes();
+            Entry {
+                time: std::time::SystemTime::now(),
+                kind: Kind::Forward,
+                name: self.label.clone(),
+                peer: self.peer.clone(),
+                endpoint: trail.endpoint,
+                bytes_up,
+                bytes_down,
+                duration_ms: took.as_secs_f64() * 1e3,
+                result,
+                retries: trail.retries,
+            }
+        });
     }
 
     async fn run(
@@ -205,6 +239,7 @@ impl Forward {
         mut client: Client,
         accepted: Instant,
         activity: &Activity,
+        trail: &mut Trail,
     ) -> TransferResult {
         let deadline = accepted + self.budget;
         // Held until the connection ends: what its streams may buffer.
@@ -214,10 +249,11 @@ impl Forward {
             return TransferResult::Overloaded;
         };
         let mut avoid: Vec<SocketAddr> = Vec::new();
-        let mut retries = 0u32;
         loop {
             let may_retry = |client: &Client| {
-                client.replayable && retries < self.config.retries && Instant::now() < deadline
+                client.replayable
+                    && trail.retries < self.config.retries
+                    && Instant::now() < deadline
             };
             let left = deadline.saturating_duration_since(Instant::now());
             let opened = tokio::time::timeout(
@@ -226,13 +262,16 @@ impl Forward {
             )
             .await;
             let stream = match opened {
-                Ok(Ok(stream)) => stream,
+                Ok(Ok(stream)) => {
+                    trail.endpoint = Some(stream.remote);
+                    stream
+                }
                 Ok(Err(e)) => {
                     // A connection lost under the open is worth another
                     // try; a peer that is unreachable, draining or unknown
                     // is the same on the next.
                     if matches!(e, PoolError::Connection { .. }) && may_retry(&client) {
-                        retries += 1;
+                        trail.retries += 1;
                         self.metrics.retried(RetryReason::OpenFailed);
                         continue;
                     }
@@ -258,12 +297,12 @@ impl Forward {
                         Outcome::QuicReset(_) => outcome.failed(),
                         _ => {}
                     }
-                    self.log_failure(&ended, retries);
+                    self.log_failure(&ended, trail.retries);
                     return ended.label();
                 }
                 Try::Over(ended) => {
                     client.abort();
-                    self.log_failure(&ended, retries);
+                    self.log_failure(&ended, trail.retries);
                     return ended.label();
                 }
                 Try::Failed {
@@ -272,14 +311,14 @@ impl Forward {
                     otherwise,
                 } => {
                     if may_retry(&client) {
-                        retries += 1;
+                        trail.retries += 1;
                         self.metrics.retried(reason);
                         tracing::debug!(forward = %self.config.listen, peer = %self.config.peer, %endpoint, ?reason, "retrying on another endpoint");
                         avoid.push(endpoint);
                         continue;
                     }
                     client.abort();
-                    self.log_failure(&otherwise, retries);
+                    self.log_failure(&otherwise, trail.retries);
                     return otherwise.label();
                 }
             }

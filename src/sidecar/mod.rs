@@ -5,6 +5,7 @@
 //! can run nodes in-process on ephemeral ports, and the caller decides when
 //! to call [`Node::shutdown`] (the binary does on SIGTERM).
 
+mod access_log;
 pub mod admin;
 mod budget;
 mod diff;
@@ -39,6 +40,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error(transparent)]
+    AccessLog(#[from] access_log::OpenError),
 }
 
 /// A bind error of the socket configured at `key`.
@@ -112,11 +115,13 @@ impl Node {
         } = loaded;
         let metrics = crate::metrics::install();
         let memory = StreamBudget::new(&config.node);
+        let log = access_log::AccessLog::start(&config.access_log)?;
         let services = Arc::new(service::Services::new(
             &config.service,
             config.node.header_timeout,
             config.pool.stream_open_timeout,
             memory.clone(),
+            log.clone(),
         ));
         let admin_addr = local(&listeners.admin);
         let drain_timeout = config.admin.drain_timeout;
@@ -135,7 +140,7 @@ impl Node {
             .enumerate()
         {
             let listen = cfg.listen;
-            if let Some(running) = reload::Running::start(listener, cfg, &pool, &memory)
+            if let Some(running) = reload::Running::start(listener, cfg, &pool, &memory, &log)
                 .map_err(bind_err(&format!("forward[{i}].listen"), listen))?
             {
                 forwards.push(running);
@@ -146,6 +151,7 @@ impl Node {
             services,
             forwards,
             memory,
+            log,
             file_config,
             source,
         ));
@@ -188,6 +194,12 @@ impl Node {
     /// The bound address of every forward, in config order.
     pub fn forward_addrs(&self) -> Vec<SocketAddr> {
         self.live.forwards().iter().map(|f| f.addr).collect()
+    }
+
+    /// Reopens the access log file at its path (after log rotation moved
+    /// it); the binary calls this on SIGUSR1.
+    pub fn reopen_access_log(&self) {
+        self.live.log.reopen();
     }
 
     /// Reads the config file again and applies the difference (see

@@ -199,13 +199,35 @@ pub(crate) fn quic_write_fault(e: &quinn::WriteError) -> Fault {
 
 /// Counts the chunks moved either way on one connection, so a watchdog
 /// can tell an idle connection from a busy one without reading the clock
-/// per chunk.
+/// per chunk, and the bytes delivered each way (for the access log).
 #[derive(Debug, Default)]
-pub(crate) struct Activity(AtomicU64);
+pub(crate) struct Activity {
+    chunks: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+}
 
 impl Activity {
     pub(crate) fn moved(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` bytes went towards the serving side (TCP -> stream).
+    pub(crate) fn sent_up(&self, n: u64) {
+        self.up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` bytes went back (stream -> TCP).
+    pub(crate) fn sent_down(&self, n: u64) {
+        self.down.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// (bytes up, bytes down) so far.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
     }
 
     /// Resolves once nothing moved for `limit`. It looks every quarter of
@@ -215,10 +237,10 @@ impl Activity {
         let mut tick = tokio::time::interval(limit / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let (mut last, mut quiet) = (self.0.load(Ordering::Relaxed), 0);
+        let (mut last, mut quiet) = (self.chunks.load(Ordering::Relaxed), 0);
         loop {
             tick.tick().await;
-            let now = self.0.load(Ordering::Relaxed);
+            let now = self.chunks.load(Ordering::Relaxed);
             if now != last {
                 (last, quiet) = (now, 0);
             } else {
@@ -261,6 +283,7 @@ async fn tcp_to_quic(
         quinn::SendStream::write_chunk(send, pending)
             .await
             .map_err(|e| quic_write_fault(&e))?;
+        activity.sent_up(total);
     }
     if fin {
         let _ = send.finish();
@@ -288,6 +311,7 @@ async fn tcp_to_quic(
         quinn::SendStream::write_chunk(send, buf.split().freeze())
             .await
             .map_err(|e| quic_write_fault(&e))?;
+        activity.sent_up(n as u64);
         total += n as u64;
     }
 }
@@ -308,10 +332,12 @@ async fn quic_to_tcp(
         activity.moved();
         match read {
             Ok(Some(k)) => {
-                total += tcp
+                let n = tcp
                     .write_all_chunks(&mut chunks[..k])
                     .await
                     .map_err(|_| Fault::Tcp)?;
+                activity.sent_down(n);
+                total += n;
             }
             Ok(None) => {
                 tcp.finish().await.map_err(|_| Fault::Tcp)?;
@@ -323,9 +349,14 @@ async fn quic_to_tcp(
 }
 
 /// Pipes a fresh TCP connection and a fresh stream.
-pub(crate) async fn pipe_tcp(tcp: TcpStream, send: PooledSend, recv: PooledRecv) -> Outcome {
+pub(crate) async fn pipe_tcp(
+    tcp: TcpStream,
+    send: PooledSend,
+    recv: PooledRecv,
+    activity: &Activity,
+) -> Outcome {
     let (r, w) = split(tcp);
-    pipe(r, w, send, recv, Started::default(), &Activity::default()).await
+    pipe(r, w, send, recv, Started::default(), activity).await
 }
 
 /// Pipes TCP and the stream from `start` until both directions finish or
@@ -338,6 +369,8 @@ pub(crate) async fn pipe(
     start: Started,
     activity: &Activity,
 ) -> Outcome {
+    activity.sent_up(start.up);
+    activity.sent_down(start.down);
     let ended = {
         let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin, activity);
         let down = quic_to_tcp(&mut recv, &mut tcp_w, activity);

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+use super::access_log::AccessLog;
 use super::budget::StreamBudget;
 pub use super::diff::Diff;
 use super::forward::{self, Forward};
@@ -72,6 +73,7 @@ impl Running {
         config: ForwardConfig,
         pool: &Pool,
         memory: &Arc<StreamBudget>,
+        log: &Arc<AccessLog>,
     ) -> std::io::Result<Option<Running>> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -82,6 +84,7 @@ impl Running {
             pool.clone(),
             metrics.clone(),
             memory.clone(),
+            log.clone(),
         ) else {
             tracing::error!(forward = %config.listen, service = %config.service, "service name cannot be sent; forward disabled");
             return Ok(None);
@@ -109,6 +112,7 @@ pub(crate) struct Live {
     pub(crate) services: Arc<Services>,
     pub(crate) forwards: Mutex<Vec<Running>>,
     pub(crate) memory: Arc<StreamBudget>,
+    pub(crate) log: Arc<AccessLog>,
     /// The config as last applied.
     current: Mutex<Config>,
     source: Option<PathBuf>,
@@ -122,6 +126,7 @@ impl Live {
         services: Arc<Services>,
         forwards: Vec<Running>,
         memory: Arc<StreamBudget>,
+        log: Arc<AccessLog>,
         current: Config,
         source: Option<PathBuf>,
     ) -> Live {
@@ -130,6 +135,7 @@ impl Live {
             services,
             forwards: Mutex::new(forwards),
             memory,
+            log,
             current: Mutex::new(current),
             source,
             arbiter: actix_rt::Arbiter::current(),
@@ -253,6 +259,7 @@ impl Live {
                     self.pool.clone(),
                     r.metrics.clone(),
                     self.memory.clone(),
+                    self.log.clone(),
                 ) {
                     r.settings.send_replace(Arc::new(settings));
                     r.config = cfg;
@@ -261,7 +268,7 @@ impl Live {
             }
             for (listener, cfg) in bound {
                 let listen = cfg.listen.to_string();
-                match Running::start(listener, cfg, &self.pool, &self.memory) {
+                match Running::start(listener, cfg, &self.pool, &self.memory, &self.log) {
                     Ok(Some(r)) => {
                         forwards.push(r);
                         report.forwards.added.push(listen);
@@ -326,6 +333,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     check("admin", new.admin != old.admin);
     check("discovery", new.discovery != old.discovery);
     check("outlier", new.outlier != old.outlier);
+    check("access_log", new.access_log != old.access_log);
     tables
 }
 

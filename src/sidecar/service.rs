@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::access_log::{AccessLog, Entry, Kind};
 use super::budget::StreamBudget;
 use super::header::{self, HeaderError, Parsed, Status};
 use super::pipe;
@@ -29,6 +30,8 @@ pub(crate) const UNKNOWN_SERVICE_LABEL: &str = "_unknown";
 struct Service {
     config: ServiceConfig,
     metrics: ServiceMetrics,
+    /// Its name, shared by its access log lines.
+    label: Arc<str>,
 }
 
 impl Service {
@@ -50,6 +53,7 @@ pub(crate) struct Services {
     header_timeout: Duration,
     connect_timeout: Duration,
     memory: Arc<StreamBudget>,
+    log: Arc<AccessLog>,
 }
 
 impl Services {
@@ -58,6 +62,7 @@ impl Services {
         header_timeout: Duration,
         connect_timeout: Duration,
         memory: Arc<StreamBudget>,
+        log: Arc<AccessLog>,
     ) -> Services {
         let s = Services {
             table: RwLock::new(Arc::new(Table::new())),
@@ -65,6 +70,7 @@ impl Services {
             header_timeout,
             connect_timeout,
             memory,
+            log,
         };
         s.replace(services);
         s
@@ -93,6 +99,7 @@ impl Services {
                     Arc::new(Service {
                         config: c.clone(),
                         metrics: ServiceMetrics::new(&c.name),
+                        label: c.name.as_str().into(),
                     })
                 });
                 (c.name.clone(), service)
@@ -114,6 +121,34 @@ impl Services {
     }
 
     async fn serve(self: Arc<Self>, stream: IncomingStream) {
+        let started = std::time::Instant::now();
+        let (peer, endpoint) = (stream.peer.clone(), stream.remote);
+        let activity = pipe::Activity::default();
+        let (service, result) = self.serve_stream(stream, &activity).await;
+        self.log.log(|| {
+            let (bytes_up, bytes_down) = activity.bytes();
+            Entry {
+                time: std::time::SystemTime::now(),
+                kind: Kind::Service,
+                name: service,
+                peer,
+                endpoint: Some(endpoint),
+                bytes_up,
+                bytes_down,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                result,
+                retries: 0,
+            }
+        });
+    }
+
+    /// Serves one stream; returns the service it named (as its metrics
+    /// label) and how it ended, both counted already.
+    async fn serve_stream(
+        &self,
+        stream: IncomingStream,
+        activity: &pipe::Activity,
+    ) -> (Arc<str>, TransferResult) {
         let IncomingStream {
             mut send,
             mut recv,
@@ -121,32 +156,43 @@ impl Services {
             ..
         } = stream;
         let unknown = &self.unknown;
+        let unknown_name = || Arc::<str>::from(UNKNOWN_SERVICE_LABEL);
         let name = match tokio::time::timeout(self.header_timeout, read_header(&mut recv)).await {
-            Err(_) => return refuse(send, recv, Status::HeaderTimeout, unknown).await,
+            Err(_) => {
+                let r = refuse(send, recv, Status::HeaderTimeout, unknown).await;
+                return (unknown_name(), r);
+            }
             Ok(Err(ReadHeader::Bad(e))) => {
                 tracing::debug!(%peer, error = %e, "bad stream header");
-                return refuse(send, recv, e.status(), unknown).await;
+                return (
+                    unknown_name(),
+                    refuse(send, recv, e.status(), unknown).await,
+                );
             }
             Ok(Err(ReadHeader::Stream)) => {
                 unknown.count(TransferResult::StreamReset);
-                return;
+                return (unknown_name(), TransferResult::StreamReset);
             }
             Ok(Ok(name)) => name,
         };
         let Some(service) = self.table().get(&name).cloned() else {
             tracing::debug!(%peer, service = %name, "stream for an unknown service");
-            return refuse(send, recv, Status::UnknownService, unknown).await;
+            let r = refuse(send, recv, Status::UnknownService, unknown).await;
+            return (unknown_name(), r);
         };
+        let label = service.label.clone();
         if !service.allows(&peer) {
             tracing::debug!(%peer, service = %name, "peer not allowed by the service");
-            return refuse(send, recv, Status::Forbidden, &service.metrics).await;
+            let r = refuse(send, recv, Status::Forbidden, &service.metrics).await;
+            return (label, r);
         }
         // Before the upstream, so that a full node costs it nothing. Until
         // then a stream holds at most one window, for at most
         // node.header_timeout.
         let Some(_memory) = self.memory.try_reserve() else {
             tracing::debug!(%peer, service = %name, "no room in node.stream_memory; stream refused");
-            return refuse(send, recv, Status::Overloaded, &service.metrics).await;
+            let r = refuse(send, recv, Status::Overloaded, &service.metrics).await;
+            return (label, r);
         };
         let upstream = service.config.upstream;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
@@ -158,21 +204,26 @@ impl Services {
             }
             Ok(Err(e)) => {
                 tracing::warn!(service = %name, %upstream, error = %e, "upstream refused a connection");
-                return refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
+                let r = refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
+                return (label, r);
             }
             Err(_) => {
                 tracing::warn!(service = %name, %upstream, "upstream connect timed out");
-                return refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
+                let r = refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
+                return (label, r);
             }
         };
         let _ = tcp.set_nodelay(true);
         if send.write_all(&[Status::Ok as u8]).await.is_err() {
             pipe::abort(tcp);
             service.metrics.count(TransferResult::StreamReset);
-            return;
+            return (label, TransferResult::StreamReset);
         }
-        let outcome = pipe::pipe_tcp(tcp, send, recv).await;
-        service.metrics.count(outcome.label());
+        // Seen from the service: the caller's bytes go up to the upstream.
+        let outcome = pipe::pipe_tcp(tcp, send, recv, activity).await;
+        let result = outcome.label();
+        service.metrics.count(result);
+        (label, result)
     }
 }
 
@@ -189,7 +240,7 @@ async fn refuse(
     mut recv: PooledRecv,
     status: Status,
     metrics: &ServiceMetrics,
-) {
+) -> TransferResult {
     metrics.count(status.label());
     let _ = send.write_all(&[status as u8]).await;
     let _ = send.finish();
@@ -197,6 +248,7 @@ async fn refuse(
     // Wait (bounded) for the status to be acknowledged before dropping the
     // stream, so that it is not lost with the stream state.
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    status.label()
 }
 
 enum ReadHeader {
