@@ -298,24 +298,24 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
     // A long-lived good stream runs through all of it.
     let mut good = a.open_stream(&idb).await.unwrap();
     good.send
-        .write_all(&header::encode("echo").unwrap())
+        .write_all(&header::encode("echo", None).unwrap())
         .await
         .unwrap();
     let mut st = [0u8; 1];
     good.recv.read_exact(&mut st).await.unwrap();
     assert_eq!(st[0], Status::Ok as u8);
 
-    let mut version2 = header::encode("echo").unwrap();
-    version2[2] = 2;
+    let mut version3 = header::encode("echo", None).unwrap();
+    version3[2] = 3;
     let cases: Vec<(&str, Vec<u8>, Status)> = vec![
         (
             "unknown service",
-            header::encode("nope").unwrap(),
+            header::encode("nope", None).unwrap(),
             Status::UnknownService,
         ),
         (
             "dead upstream",
-            header::encode("dead").unwrap(),
+            header::encode("dead", None).unwrap(),
             Status::UpstreamUnreachable,
         ),
         (
@@ -326,10 +326,10 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
         ("oversized", b"PS\x01\xff\xff".to_vec(), Status::TooLarge),
         (
             "a peer the service does not allow",
-            header::encode("private").unwrap(),
+            header::encode("private", None).unwrap(),
             Status::Forbidden,
         ),
-        ("bad version", version2, Status::UnsupportedVersion),
+        ("bad version", version3, Status::UnsupportedVersion),
         (
             "not utf-8",
             b"PS\x01\x00\x02\xff\xfe".to_vec(),
@@ -350,7 +350,7 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
     // A header sent one byte per second times out after header_timeout.
     let started = Instant::now();
     let mut slow = a.open_stream(&idb).await.unwrap();
-    let head = header::encode("echo").unwrap();
+    let head = header::encode("echo", None).unwrap();
     let writer = tokio::spawn(async move {
         for b in head {
             if slow.send.write_all(&[b]).await.is_err() {

@@ -463,3 +463,164 @@ async fn a_full_access_log_queue_drops_and_counts_lines_and_never_slows_traffic(
         read.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+/// An HAProxy that takes PROXY protocol v2 on `listen` (`accept-proxy`),
+/// logs what the header said to `log`, and passes the bytes to `upstream`.
+fn haproxy_accepting_proxy(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+) -> (std::process::Child, std::path::PathBuf) {
+    let program = require("haproxy", "apt-get install haproxy (.ci/run does)");
+    let config = format!(
+        "global\n  log stdout format raw local0\n\
+         defaults\n  mode tcp\n  log global\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend pp\n  bind {listen} accept-proxy\n  \
+         log-format \"from=%ci:%cp to=%fi:%fp peer=%[fc_pp_authority]\"\n  default_backend up\n\
+         backend up\n  server u {upstream}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).expect("haproxy.cfg");
+    let log = dir.join("haproxy.log");
+    let out = std::fs::File::create(&log).expect("haproxy log");
+    let child = Command::new(program)
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start haproxy");
+    (child, log)
+}
+
+/// Kills the child when dropped (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_tells_the_upstream_who_called() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = echo_upstream().await;
+    let hp_addr = free_tcp();
+    let (hp, hp_log) = haproxy_accepting_proxy(dir.path(), hp_addr, upstream);
+    let _hp = Killed(hp);
+    // A second service whose upstream hands us the raw header bytes.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let raw_addr = raw.local_addr().expect("addr");
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut c, _) = raw.accept().await.expect("accept");
+        let mut fixed = [0u8; 16];
+        c.read_exact(&mut fixed).await.expect("PROXY fixed part");
+        let mut rest = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+        c.read_exact(&mut rest).await.expect("PROXY body");
+        let _ = head_tx.send([fixed.to_vec(), rest].concat());
+        let mut buf = [0u8; 64];
+        while let Ok(n) = c.read(&mut buf).await {
+            if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let raw_forward = free_tcp();
+    let a_id = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_id = a_id.clone();
+    let s = setup_with(upstream, move |a, b| {
+        b.service[0].upstream = hp_addr;
+        b.service[0].proxy_protocol = peerpool::config::ProxyProtocol::V2;
+        let mut raw_service = peerpool::config::ServiceConfig::new("raw", raw_addr);
+        raw_service.proxy_protocol = peerpool::config::ProxyProtocol::V2;
+        b.service.push(raw_service);
+        a.forward.push(peerpool::config::ForwardConfig::new(
+            raw_forward,
+            "b",
+            "raw",
+        ));
+        *seen_id.lock().unwrap() = b.peers[0].id;
+    });
+    let a_id = a_id.lock().unwrap().expect("a's pinned id").to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("haproxy listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(hp_addr).is_ok()
+        })
+    })
+    .await
+    .expect("wait");
+    let (_a, _b) = s.start(bin!()).await;
+
+    // Through HAProxy: it logs the client's address and port, the forward's
+    // address and port, and the calling peer's name.
+    let mut c = tokio::net::TcpStream::connect(s.forward)
+        .await
+        .expect("connect");
+    let from = c.local_addr().expect("client address");
+    c.write_all(b"who am i").await.expect("write");
+    let mut back = [0u8; 8];
+    c.read_exact(&mut back).await.expect("echo through HAProxy");
+    assert_eq!(&back, b"who am i");
+    drop(c);
+    let want = format!("from={from} to={} peer=a", s.forward);
+    let log = hp_log.clone();
+    let w = want.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking("HAProxy's log line", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&w)
+        })
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "want {want:?} in HAProxy's log:\n{}",
+            std::fs::read_to_string(&hp_log).unwrap_or_default()
+        )
+    });
+
+    eprintln!(
+        "HAProxy logged: {}",
+        std::fs::read_to_string(&hp_log).unwrap_or_default().trim()
+    );
+    // The raw bytes: addresses and both TLVs, as README documents them.
+    let mut c = tokio::net::TcpStream::connect(raw_forward)
+        .await
+        .expect("connect");
+    let from = c.local_addr().expect("client address");
+    c.write_all(b"x").await.expect("write");
+    let mut one = [0u8; 1];
+    c.read_exact(&mut one).await.expect("echo through raw");
+    let head = head_rx.await.expect("the raw header");
+    assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(&head[12..14], &[0x21, 0x11], "PROXY over TCP/IPv4");
+    assert_eq!(&head[16..20], &[127, 0, 0, 1], "source address");
+    assert_eq!(&head[20..24], &[127, 0, 0, 1], "destination address");
+    assert_eq!(
+        u16::from_be_bytes([head[24], head[25]]),
+        from.port(),
+        "source port"
+    );
+    assert_eq!(
+        u16::from_be_bytes([head[26], head[27]]),
+        raw_forward.port(),
+        "destination port"
+    );
+    let mut tlvs = std::collections::BTreeMap::new();
+    let mut at = 28;
+    while at + 3 <= head.len() {
+        let len = usize::from(u16::from_be_bytes([head[at + 1], head[at + 2]]));
+        tlvs.insert(head[at], head[at + 3..at + 3 + len].to_vec());
+        at += 3 + len;
+    }
+    assert_eq!(at, head.len(), "TLVs fill the header exactly");
+    assert_eq!(tlvs.get(&0x02).map(Vec::as_slice), Some(&b"a"[..]));
+    assert_eq!(tlvs.get(&0xE0).map(Vec::as_slice), Some(a_id.as_bytes()));
+}

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::HandshakeConfig;
 use super::logging::AccessLogConfig;
+use super::sidecar::{ForwardConfig, ServiceConfig};
 use super::units;
 use crate::identity::PeerId;
 use crate::pool::{RetryPolicy, Strategy};
@@ -422,70 +423,6 @@ impl PeerConfig {
             .collect();
         all.dedup();
         all
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardConfig {
-    #[serde(with = "units::addr")]
-    pub listen: SocketAddr,
-    pub peer: String,
-    pub service: String,
-    /// Tries on other endpoints when a stream fails before any byte of the
-    /// answer reached the client.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// TCP connections held at once; past it the forward stops accepting
-    /// and new ones wait in the listen backlog (as HAProxy's `maxconn`).
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-    /// A connection that moves no byte either way for this long is reset
-    /// on both sides; 0 (the default) never times out.
-    #[serde(default, with = "units::non_negative_secs")]
-    pub idle_timeout: Duration,
-}
-
-fn default_retries() -> u32 {
-    2
-}
-
-fn default_max_connections() -> u32 {
-    1024
-}
-
-impl ForwardConfig {
-    pub fn new(listen: SocketAddr, peer: impl Into<String>, service: impl Into<String>) -> Self {
-        ForwardConfig {
-            listen,
-            peer: peer.into(),
-            service: service.into(),
-            retries: default_retries(),
-            max_connections: default_max_connections(),
-            idle_timeout: Duration::ZERO,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub name: String,
-    #[serde(with = "units::addr")]
-    pub upstream: SocketAddr,
-    /// The peers (by name) that may open it; unset: every peer this node
-    /// admits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow: Option<Vec<String>>,
-}
-
-impl ServiceConfig {
-    pub fn new(name: impl Into<String>, upstream: SocketAddr) -> Self {
-        ServiceConfig {
-            name: name.into(),
-            upstream,
-            allow: None,
-        }
     }
 }
 

@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::access_log::{AccessLog, Entry, Kind};
 use super::budget::StreamBudget;
+use super::client::Client;
 use super::header::{self, Status};
 use super::limit::{Held, Slot};
-use super::pipe::{self, Activity, Fault, Outcome, Started, TcpWrite, PIPE_BUFFER};
+use super::pipe::{self, Activity, Fault, Outcome, Started, PIPE_BUFFER};
 use crate::config::ForwardConfig;
 use crate::metrics::labels::{RetryReason, TransferResult};
 use crate::metrics::sidecar::ForwardMetrics;
@@ -91,7 +91,6 @@ pub(crate) async fn serve(listener: TcpListener, mut settings: watch::Receiver<A
 /// One `[[forward]]`'s settings.
 pub(crate) struct Forward {
     pub(crate) config: ForwardConfig,
-    head: Bytes,
     pool: Pool,
     metrics: Arc<ForwardMetrics>,
     memory: Arc<StreamBudget>,
@@ -121,9 +120,9 @@ impl Forward {
         memory: Arc<StreamBudget>,
         log: Arc<AccessLog>,
     ) -> Option<Forward> {
-        let head = header::encode(&config.service)?;
+        // Checked once here; each connection encodes its own addresses.
+        header::encode(&config.service, None)?;
         Some(Forward {
-            head: head.into(),
             budget: pool.config().pool.stream_open_timeout,
             label: config.listen.to_string().into(),
             peer: config.peer.as_str().into(),
@@ -133,38 +132,6 @@ impl Forward {
             memory,
             log,
         })
-    }
-}
-
-/// The client's side of a forwarded connection.
-struct Client {
-    r: OwnedReadHalf,
-    w: TcpWrite,
-    /// While `replayable`, every byte the client sent; after, only those
-    /// not yet written to the stream.
-    buf: Vec<u8>,
-    replayable: bool,
-    /// The client sent its FIN (after the bytes in `buf`).
-    fin: bool,
-    /// Bytes written to the stream before `buf` (when not replayable).
-    flushed: u64,
-}
-
-impl Client {
-    fn new(tcp: TcpStream) -> Client {
-        let (r, w) = pipe::split(tcp);
-        Client {
-            r,
-            w,
-            buf: Vec::new(),
-            replayable: true,
-            fin: false,
-            flushed: 0,
-        }
-    }
-
-    fn abort(self) {
-        pipe::reset_tcp(self.r, self.w);
     }
 }
 
@@ -200,7 +167,12 @@ impl Forward {
         let accepted = Instant::now();
         let activity = Activity::default();
         let mut trail = Trail::default();
-        let run = self.run(Client::new(tcp), accepted, &activity, &mut trail);
+        let run = self.run(
+            Client::new(tcp, &self.config.service),
+            accepted,
+            &activity,
+            &mut trail,
+        );
         let limit = self.config.idle_timeout;
         let result = if limit.is_zero() {
             run.await
@@ -360,7 +332,7 @@ impl Forward {
                 None => Try::Over(fault.outcome()),
             }
         };
-        if let Err(e) = quinn::SendStream::write_chunk(&mut send, self.head.clone()).await {
+        if let Err(e) = quinn::SendStream::write_chunk(&mut send, client.head.clone()).await {
             return fail(pipe::quic_write_fault(&e), send, recv);
         }
         // `sent`: bytes of `client.buf` written to this stream.

@@ -8,11 +8,13 @@
 mod access_log;
 pub mod admin;
 mod budget;
+mod client;
 mod diff;
 mod forward;
 pub mod header;
 mod limit;
 mod pipe;
+pub mod proxy;
 pub mod reload;
 mod service;
 pub mod status;

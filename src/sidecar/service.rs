@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 
 use super::access_log::{AccessLog, Entry, Kind};
 use super::budget::StreamBudget;
-use super::header::{self, HeaderError, Parsed, Status};
+use super::header::{self, ClientAddrs, HeaderError, Parsed, Status};
 use super::pipe;
-use crate::config::ServiceConfig;
+use crate::config::{ProxyProtocol, ServiceConfig};
 use crate::metrics::labels::TransferResult;
 use crate::metrics::sidecar::ServiceMetrics;
 use crate::{IncomingStream, PooledRecv, PooledSend, StreamHandler};
@@ -153,28 +153,30 @@ impl Services {
             mut send,
             mut recv,
             peer,
+            peer_id,
             ..
         } = stream;
         let unknown = &self.unknown;
         let unknown_name = || Arc::<str>::from(UNKNOWN_SERVICE_LABEL);
-        let name = match tokio::time::timeout(self.header_timeout, read_header(&mut recv)).await {
-            Err(_) => {
-                let r = refuse(send, recv, Status::HeaderTimeout, unknown).await;
-                return (unknown_name(), r);
-            }
-            Ok(Err(ReadHeader::Bad(e))) => {
-                tracing::debug!(%peer, error = %e, "bad stream header");
-                return (
-                    unknown_name(),
-                    refuse(send, recv, e.status(), unknown).await,
-                );
-            }
-            Ok(Err(ReadHeader::Stream)) => {
-                unknown.count(TransferResult::StreamReset);
-                return (unknown_name(), TransferResult::StreamReset);
-            }
-            Ok(Ok(name)) => name,
-        };
+        let (name, client) =
+            match tokio::time::timeout(self.header_timeout, read_header(&mut recv)).await {
+                Err(_) => {
+                    let r = refuse(send, recv, Status::HeaderTimeout, unknown).await;
+                    return (unknown_name(), r);
+                }
+                Ok(Err(ReadHeader::Bad(e))) => {
+                    tracing::debug!(%peer, error = %e, "bad stream header");
+                    return (
+                        unknown_name(),
+                        refuse(send, recv, e.status(), unknown).await,
+                    );
+                }
+                Ok(Err(ReadHeader::Stream)) => {
+                    unknown.count(TransferResult::StreamReset);
+                    return (unknown_name(), TransferResult::StreamReset);
+                }
+                Ok(Ok(read)) => read,
+            };
         let Some(service) = self.table().get(&name).cloned() else {
             tracing::debug!(%peer, service = %name, "stream for an unknown service");
             let r = refuse(send, recv, Status::UnknownService, unknown).await;
@@ -213,7 +215,18 @@ impl Services {
                 return (label, r);
             }
         };
+        let mut tcp = tcp;
         let _ = tcp.set_nodelay(true);
+        if service.config.proxy_protocol == ProxyProtocol::V2 {
+            let head = super::proxy::v2(client, &peer, &peer_id.to_string());
+            let sent = tokio::time::timeout(self.connect_timeout, tcp.write_all(&head)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::warn!(service = %name, %upstream, "upstream did not take the PROXY header");
+                pipe::abort(tcp);
+                let r = refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
+                return (label, r);
+            }
+        }
         if send.write_all(&[Status::Ok as u8]).await.is_err() {
             pipe::abort(tcp);
             service.metrics.count(TransferResult::StreamReset);
@@ -256,8 +269,9 @@ enum ReadHeader {
     Stream,
 }
 
-/// Reads exactly one header: the fixed part, then the name; never more.
-async fn read_header(recv: &mut PooledRecv) -> Result<String, ReadHeader> {
+/// Reads exactly one header: the fixed part, the name, the client's
+/// addresses; never more.
+async fn read_header(recv: &mut PooledRecv) -> Result<(String, Option<ClientAddrs>), ReadHeader> {
     let recv: &mut quinn::RecvStream = recv;
     let mut buf = vec![0u8; header::FIXED_LEN];
     let mut have = 0;
@@ -265,7 +279,9 @@ async fn read_header(recv: &mut PooledRecv) -> Result<String, ReadHeader> {
         // Read byte ranges up to what the parser says the header needs, so
         // that a bad prefix is refused as soon as it is seen.
         let want = match header::parse(&buf[..have]) {
-            Ok(Parsed::Complete { service, .. }) => return Ok(service),
+            Ok(Parsed::Complete {
+                service, client, ..
+            }) => return Ok((service, client)),
             Ok(Parsed::Incomplete { total }) => total,
             Err(e) => return Err(ReadHeader::Bad(e)),
         };

@@ -1,0 +1,51 @@
+//! The client's side of a forwarded TCP connection: its two halves, the
+//! bytes kept for a retry on another endpoint, and the stream header that
+//! names the service and the client's addresses.
+
+use bytes::Bytes;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+
+use super::header;
+use super::pipe::{self, TcpWrite};
+
+/// The client's side of a forwarded connection.
+pub(super) struct Client {
+    pub(super) r: OwnedReadHalf,
+    pub(super) w: TcpWrite,
+    /// While `replayable`, every byte the client sent; after, only those
+    /// not yet written to the stream.
+    pub(super) buf: Vec<u8>,
+    pub(super) replayable: bool,
+    /// The client sent its FIN (after the bytes in `buf`).
+    pub(super) fin: bool,
+    /// Bytes written to the stream before `buf` (when not replayable).
+    pub(super) flushed: u64,
+    /// The stream header: the service and this client's addresses.
+    pub(super) head: Bytes,
+}
+
+impl Client {
+    pub(super) fn new(tcp: TcpStream, service: &str) -> Client {
+        let addrs = match (tcp.peer_addr(), tcp.local_addr()) {
+            (Ok(s), Ok(d)) => Some(header::ClientAddrs::of(s, d)),
+            _ => None,
+        };
+        // The name was checked when the forward was made.
+        let head = header::encode(service, addrs).unwrap_or_default().into();
+        let (r, w) = pipe::split(tcp);
+        Client {
+            head,
+            r,
+            w,
+            buf: Vec::new(),
+            replayable: true,
+            fin: false,
+            flushed: 0,
+        }
+    }
+
+    pub(super) fn abort(self) {
+        pipe::reset_tcp(self.r, self.w);
+    }
+}
