@@ -13,6 +13,10 @@ use crate::pool::ConnKey;
 use crate::transport::codes::{self, CloseCode};
 use crate::transport::control::Signal;
 
+/// How long the end that was asked to retire a connection waits, after the
+/// handover, for the asking end to close it.
+const PEER_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl PeerActor {
     /// A connection from another instance of the process at `addr` means it
     /// restarted: every connection to its earlier instance is dead (that
@@ -56,6 +60,20 @@ impl PeerActor {
     /// (the control stream's RETIRE/DONE exchange, see
     /// [`transport::control`]), or after the drain timeout.
     pub(super) fn retire(&mut self, key: ConnKey, code: CloseCode, ctx: &mut Context<Self>) {
+        self.retire_as(key, code, false, ctx);
+    }
+
+    /// [`Self::retire`]; with `peer_closes` (the peer asked for it) the
+    /// peer, whose reason it is, closes once the handover is done, so its
+    /// close code is the one both ends count; this end closes only if it
+    /// has not within [`PEER_CLOSE_GRACE`].
+    fn retire_as(
+        &mut self,
+        key: ConnKey,
+        code: CloseCode,
+        peer_closes: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(live) = self.core.retire(key) else {
             return;
         };
@@ -78,6 +96,12 @@ impl PeerActor {
                 };
                 if tokio::time::timeout(timeout, handover).await.is_err() {
                     tracing::debug!(%peer, conn = key, "retiring: handover timed out");
+                } else if peer_closes
+                    && tokio::time::timeout(PEER_CLOSE_GRACE, meta.conn.closed())
+                        .await
+                        .is_ok()
+                {
+                    return;
                 }
                 code.close(&meta.conn);
             }
@@ -90,7 +114,7 @@ impl Handler<PeerRetires> for PeerActor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerRetires, ctx: &mut Self::Context) {
-        self.retire(msg.key, codes::EXCESS, ctx);
+        self.retire_as(msg.key, codes::EXCESS, true, ctx);
         self.drive(ctx);
     }
 }
