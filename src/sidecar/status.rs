@@ -74,6 +74,7 @@ pub fn snapshot(
     uptime_seconds: f64,
     rendered: &str,
 ) -> Status {
+    let bucket = format!("{STREAM_OPEN_DURATION}_bucket");
     let samples = scrape::parse(
         rendered,
         &[
@@ -82,7 +83,7 @@ pub fn snapshot(
             FORWARD_CONNECTIONS,
             RETRIES,
             SERVICE_STREAMS,
-            &format!("{STREAM_OPEN_DURATION}_bucket"),
+            &bucket,
         ],
     );
     fn by_peer<'a>(
@@ -97,7 +98,6 @@ pub fn snapshot(
     let peers = peers
         .into_iter()
         .map(|status| {
-            let bucket = format!("{STREAM_OPEN_DURATION}_bucket");
             let mut open_buckets: Vec<(f64, u64)> = by_peer(&samples, &bucket, &status.name)
                 .filter_map(|s| Some((le(s)?, s.value as u64)))
                 .collect();

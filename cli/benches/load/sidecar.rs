@@ -67,7 +67,8 @@ pub fn upstream_runtime() -> (tokio::runtime::Runtime, std::net::SocketAddr) {
     (rt, addr)
 }
 
-fn to_record(scenario: &str, name: String, r: &load::Report) -> Record {
+/// A row from what the load generator measured.
+pub fn to_record(scenario: &str, name: String, r: &load::Report) -> Record {
     let mut rec = Record::new(scenario, name);
     rec.ops_per_sec = r.requests_per_sec();
     rec.mb_per_sec = r.mb_per_sec();

@@ -139,15 +139,35 @@ fn pki(dir: &Path) -> Pki {
     }
 }
 
-fn spawn(program: &Path, args: &[&str], log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("tunnel log");
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()))
+/// Writes the server side's and the client side's config and starts
+/// `program` on each (`args`, then the config file), the server first;
+/// returns their pids. Output goes to `NAME-SIDE.log` next to the configs.
+fn start_sides(
+    dir: &Path,
+    program: &Path,
+    name: &str,
+    configs: [String; 2],
+    args: &[&str],
+    children: &mut Children,
+) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for (side, text) in ["server", "client"].into_iter().zip(configs) {
+        let cfg = dir.join(format!("{name}-{side}.conf"));
+        std::fs::write(&cfg, text).expect("write a tunnel config");
+        let log =
+            std::fs::File::create(dir.join(format!("{name}-{side}.log"))).expect("tunnel log");
+        let child = Command::new(program)
+            .args(args)
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        pids.push(child.id());
+        children.0.push(child);
+    }
+    pids
 }
 
 /// An HAProxy pair: TCP mode, TLS on the hop between the two, client
@@ -171,20 +191,17 @@ fn haproxy(dir: &Path, pki: &Pki, upstream: SocketAddr, children: &mut Children)
         pki.server_bundle.display(),
         pki.ca.display(),
     );
-    let mut pids = Vec::new();
-    for (side, text) in [("server", server), ("client", client)] {
-        let cfg = dir.join(format!("haproxy-{side}.cfg"));
-        std::fs::write(&cfg, text).expect("write haproxy config");
-        let log = dir.join(format!("haproxy-{side}.log"));
-        let cfg = cfg.display().to_string();
-        let child = spawn(&program, &["-db", "-f", &cfg], &log);
-        pids.push(child.id());
-        children.0.push(child);
-    }
     Tunnel {
         name: "haproxy",
         front,
-        pids,
+        pids: start_sides(
+            dir,
+            &program,
+            "haproxy",
+            [server, client],
+            &["-db", "-f"],
+            children,
+        ),
     }
 }
 
@@ -209,19 +226,10 @@ fn stunnel(dir: &Path, pki: &Pki, upstream: SocketAddr, children: &mut Children)
         pki.server.1.display(),
         pki.ca.display(),
     );
-    let mut pids = Vec::new();
-    for (side, text) in [("server", server), ("client", client)] {
-        let cfg = dir.join(format!("stunnel-{side}.conf"));
-        std::fs::write(&cfg, text).expect("write stunnel config");
-        let log = dir.join(format!("stunnel-{side}.log"));
-        let child = spawn(&program, &[&cfg.display().to_string()], &log);
-        pids.push(child.id());
-        children.0.push(child);
-    }
     Tunnel {
         name: "stunnel",
         front,
-        pids,
+        pids: start_sides(dir, &program, "stunnel", [server, client], &[], children),
     }
 }
 
@@ -283,13 +291,7 @@ fn measure(
     let before = cpu();
     let r = client.block_on(load::run(opts));
     let used = cpu() - before;
-    let mut rec = Record::new("tunnels", format!("{} {}", t.name, w.name));
-    rec.ops_per_sec = r.requests_per_sec();
-    rec.mb_per_sec = r.mb_per_sec();
-    rec.p50_us = r.quantile_us(0.5) as f64;
-    rec.p99_us = r.quantile_us(0.99) as f64;
-    rec.p999_us = r.quantile_us(0.999) as f64;
-    rec.errors = r.error_count();
+    let mut rec = sidecar::to_record("tunnels", format!("{} {}", t.name, w.name), &r);
     let megabytes = r.bytes as f64 / 1e6;
     rec.extra = serde_json::json!({
         "tunnel": t.name,
