@@ -324,34 +324,43 @@ fn run(path: PathBuf, format: LogFormat) -> ExitCode {
     }
 }
 
+/// Runs `act` on every signal of `kind`; never returns. Without the
+/// handler, says so and what the operator can do instead (`fallback`).
+async fn on_every(
+    kind: tokio::signal::unix::SignalKind,
+    fallback: &str,
+    mut act: impl AsyncFnMut(),
+) {
+    let Ok(mut signals) = tokio::signal::unix::signal(kind) else {
+        tracing::error!("cannot install a signal handler; {fallback}");
+        return std::future::pending().await;
+    };
+    while signals.recv().await.is_some() {
+        act().await;
+    }
+    std::future::pending().await
+}
+
 /// Reloads the config file on every SIGHUP (the reload logs what it did
 /// or why the file was not used); never returns.
 async fn reload_on_sighup(node: &Node) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload with POST /reload");
-        return std::future::pending().await;
-    };
-    while hup.recv().await.is_some() {
+    let kind = tokio::signal::unix::SignalKind::hangup();
+    on_every(kind, "reload with POST /reload", async || {
         tracing::info!("SIGHUP: reloading the config file");
         let _ = node.reload().await;
-    }
-    std::future::pending().await
+    })
+    .await
 }
 
 /// Reopens the access log on every SIGUSR1 (after logrotate moved the
 /// file); never returns.
 async fn reopen_on_sigusr1(node: &Node) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        tracing::error!("cannot install the SIGUSR1 handler; the access log is not reopened");
-        return std::future::pending().await;
-    };
-    while usr1.recv().await.is_some() {
+    let kind = tokio::signal::unix::SignalKind::user_defined1();
+    on_every(kind, "SIGUSR1 will not reopen the access log", async || {
         tracing::info!("SIGUSR1: reopening the access log");
         node.reopen_access_log();
-    }
-    std::future::pending().await
+    })
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -499,6 +499,19 @@ fn haproxy_accepting_proxy(
     (child, log)
 }
 
+/// One echo over a new TCP connection to `to`; returns the client's
+/// address.
+async fn talk(to: std::net::SocketAddr, message: &[u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(to).await.expect("connect");
+    let from = c.local_addr().expect("client address");
+    c.write_all(message).await.expect("write");
+    let mut back = vec![0u8; message.len()];
+    c.read_exact(&mut back).await.expect("the echo");
+    assert_eq!(back, message);
+    from
+}
+
 /// Kills the child when dropped (also when the test fails).
 struct Killed(std::process::Child);
 
@@ -565,15 +578,7 @@ async fn proxy_protocol_v2_tells_the_upstream_who_called() {
 
     // Through HAProxy: it logs the client's address and port, the forward's
     // address and port, and the calling peer's name.
-    let mut c = tokio::net::TcpStream::connect(s.forward)
-        .await
-        .expect("connect");
-    let from = c.local_addr().expect("client address");
-    c.write_all(b"who am i").await.expect("write");
-    let mut back = [0u8; 8];
-    c.read_exact(&mut back).await.expect("echo through HAProxy");
-    assert_eq!(&back, b"who am i");
-    drop(c);
+    let from = talk(s.forward, b"who am i").await;
     let want = format!("from={from} to={} peer=a", s.forward);
     let log = hp_log.clone();
     let w = want.clone();
@@ -597,13 +602,7 @@ async fn proxy_protocol_v2_tells_the_upstream_who_called() {
         std::fs::read_to_string(&hp_log).unwrap_or_default().trim()
     );
     // The raw bytes: addresses and both TLVs, as README documents them.
-    let mut c = tokio::net::TcpStream::connect(raw_forward)
-        .await
-        .expect("connect");
-    let from = c.local_addr().expect("client address");
-    c.write_all(b"x").await.expect("write");
-    let mut one = [0u8; 1];
-    c.read_exact(&mut one).await.expect("echo through raw");
+    let from = talk(raw_forward, b"x").await;
     let head = head_rx.await.expect("the raw header");
     assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n");
     assert_eq!(&head[12..14], &[0x21, 0x11], "PROXY over TCP/IPv4");
