@@ -265,7 +265,7 @@ impl Forward {
                 } => {
                     let ended = pipe::pipe(client.r, client.w, send, recv, started, activity).await;
                     match &ended {
-                        Outcome::Done { .. } => outcome.succeeded(),
+                        Outcome::Done => outcome.succeeded(),
                         Outcome::QuicReset(_) => outcome.failed(),
                         _ => {}
                     }
@@ -298,7 +298,7 @@ impl Forward {
     }
 
     fn log_failure(&self, outcome: &Outcome, retries: u32) {
-        if !matches!(outcome, Outcome::Done { .. }) {
+        if !matches!(outcome, Outcome::Done) {
             tracing::debug!(forward = %self.config.listen, peer = %self.config.peer, ?outcome, retries, "forwarded connection failed");
         }
     }

@@ -132,8 +132,9 @@ pub(crate) fn split(tcp: TcpStream) -> (OwnedReadHalf, TcpWrite) {
 /// How a pipe ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Both directions finished cleanly.
-    Done { up: u64, down: u64 },
+    /// Both directions finished cleanly (the bytes are in the pipe's
+    /// [`Activity`]).
+    Done,
     /// The TCP side reset or failed; the QUIC stream was reset.
     TcpReset,
     /// The QUIC side reset, stopped, or lost its connection; the TCP
@@ -149,7 +150,7 @@ impl Outcome {
     /// The `result` label for metrics.
     pub(crate) fn label(&self) -> TransferResult {
         match self {
-            Outcome::Done { .. } => TransferResult::Ok,
+            Outcome::Done => TransferResult::Ok,
             Outcome::TcpReset => TransferResult::TcpReset,
             Outcome::QuicReset(Some(code))
                 if *code == u64::from(crate::transport::codes::stream::DRAINING) =>
@@ -261,9 +262,9 @@ pub(crate) struct Started {
     pub(crate) pending: Bytes,
     /// TCP sent its FIN (after `pending`).
     pub(crate) up_fin: bool,
-    /// Bytes written to the stream before, counted in the total.
+    /// Bytes written to the stream before (counted in the activity).
     pub(crate) up: u64,
-    /// Bytes written to TCP before, counted in the total.
+    /// Bytes written to TCP before (counted in the activity).
     pub(crate) down: u64,
     /// The stream already ended and TCP got its FIN.
     pub(crate) down_done: bool,
@@ -277,17 +278,17 @@ async fn tcp_to_quic(
     pending: Bytes,
     fin: bool,
     activity: &Activity,
-) -> Result<u64, Fault> {
-    let mut total = pending.len() as u64;
+) -> Result<(), Fault> {
     if !pending.is_empty() {
+        let n = pending.len() as u64;
         quinn::SendStream::write_chunk(send, pending)
             .await
             .map_err(|e| quic_write_fault(&e))?;
-        activity.sent_up(total);
+        activity.sent_up(n);
     }
     if fin {
         let _ = send.finish();
-        return Ok(total);
+        return Ok(());
     }
     // The buffer exists once the TCP side has something to say: a stream
     // whose upstream only listens (an upload) never holds one.
@@ -306,13 +307,12 @@ async fn tcp_to_quic(
             // A stream already stopped by the peer cannot be finished; the
             // other direction reports how it ended.
             let _ = send.finish();
-            return Ok(total);
+            return Ok(());
         }
         quinn::SendStream::write_chunk(send, buf.split().freeze())
             .await
             .map_err(|e| quic_write_fault(&e))?;
         activity.sent_up(n as u64);
-        total += n as u64;
     }
 }
 
@@ -320,13 +320,12 @@ async fn quic_to_tcp(
     recv: &mut PooledRecv,
     tcp: &mut TcpWrite,
     activity: &Activity,
-) -> Result<u64, Fault> {
+) -> Result<(), Fault> {
     let recv: &mut quinn::RecvStream = recv;
     // Every chunk quinn holds for this stream (one per STREAM frame, about
     // 1.2 KB) goes to TCP in one gathered write, without a copy: one write
     // per frame was measured at half the bulk throughput.
     let mut chunks: [Bytes; GATHER] = std::array::from_fn(|_| Bytes::new());
-    let mut total = 0u64;
     loop {
         let read = recv.read_chunks(&mut chunks).await;
         activity.moved();
@@ -337,11 +336,10 @@ async fn quic_to_tcp(
                     .await
                     .map_err(|_| Fault::Tcp)?;
                 activity.sent_down(n);
-                total += n;
             }
             Ok(None) => {
                 tcp.finish().await.map_err(|_| Fault::Tcp)?;
-                return Ok(total);
+                return Ok(());
             }
             Err(e) => return Err(quic_read_fault(&e)),
         }
@@ -375,33 +373,30 @@ pub(crate) async fn pipe(
         let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin, activity);
         let down = quic_to_tcp(&mut recv, &mut tcp_w, activity);
         tokio::pin!(up, down);
-        let (mut up_bytes, mut down_bytes) = (None, start.down_done.then_some(0));
+        let (mut up_done, mut down_done) = (false, start.down_done);
         loop {
             tokio::select! {
-                r = &mut up, if up_bytes.is_none() => match r {
-                    Ok(n) => up_bytes = Some(n),
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
                     Err(f) => break Err(f),
                 },
-                r = &mut down, if down_bytes.is_none() => match r {
-                    Ok(n) => down_bytes = Some(n),
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => down_done = true,
                     Err(f) => break Err(f),
                 },
             }
-            if let (Some(up), Some(down)) = (up_bytes, down_bytes) {
-                break Ok((up, down));
+            if up_done && down_done {
+                break Ok(());
             }
         }
     };
     match ended {
-        Ok((up, down)) => {
+        Ok(()) => {
             // Held (and counted as active) until the peer has it all; done
             // only once the peer said so. A connection lost meanwhile, or no
             // word within the bound, and nobody knows the end arrived.
             match tokio::time::timeout(ACK_WAIT, send.stopped()).await {
-                Ok(Ok(_)) => Outcome::Done {
-                    up: start.up + up,
-                    down: start.down + down,
-                },
+                Ok(Ok(_)) => Outcome::Done,
                 Ok(Err(_)) | Err(_) => Outcome::QuicReset(None),
             }
         }
