@@ -15,7 +15,8 @@
 //! - `actors` (private): the supervisor, one `PeerActor` per peer carrying
 //!   out its `PeerCore`, the table each publishes for stream opens, and
 //!   [`Pool`], the handle the rest of the program (and library users) hold.
-//! - [`sidecar`]: TCP forwarding over pooled streams (with a safe retry),
+//! - [`sidecar`]: forwarding local connections (TCP or Unix sockets) over
+//!   pooled streams (with a safe retry),
 //!   services, the admin HTTP API, hot reload, and the node that runs them
 //!   with a graceful drain.
 //! - [`metrics`]: every metric name, help text, label set and bucket set.

@@ -89,7 +89,8 @@ fn section<'a>(readme: &'a str, heading: &str) -> &'a str {
 
 #[test]
 fn readme_documents_every_config_key() {
-    use peerpool::config::{ForwardConfig, PeerAddr, PeerConfig, ServiceConfig};
+    use peerpool::config::{Address, ForwardConfig, PeerAddr, PeerConfig, ServiceConfig};
+    use std::net::SocketAddr;
     let readme = read("README.md");
     // One of each entry, every optional key set, so that every key serializes.
     let mut c = Config::default();
@@ -103,8 +104,12 @@ fn readme_documents_every_config_key() {
             port: 1,
         }),
     }];
-    c.forward = vec![ForwardConfig::new("127.0.0.1:1".parse().unwrap(), "p", "s")];
-    let mut svc = ServiceConfig::new("s", "127.0.0.1:2".parse().unwrap());
+    c.forward = vec![ForwardConfig::new(
+        "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+        "p",
+        "s",
+    )];
+    let mut svc = ServiceConfig::new("s", "unix:/run/s.sock".parse::<Address>().unwrap());
     svc.allow = Some(vec!["p".into()]);
     c.service = vec![svc];
     c.admin.token_file = "t".into();

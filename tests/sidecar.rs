@@ -26,7 +26,7 @@ fn listeners(config: &Config) -> Listeners {
     let forwards = config
         .forward
         .iter()
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().into())
         .collect();
     Listeners {
         udp: udp(),
@@ -284,6 +284,10 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
     cfg.service = vec![
         ServiceConfig::new("echo", echo),
         ServiceConfig::new("dead", free_tcp()),
+        ServiceConfig::new(
+            "dead_unix",
+            peerpool::config::Address::Unix("/nonexistent/peerpool-test.sock".into()),
+        ),
         private,
     ];
     let other = PeerConfig::pinned("other", Identity::generate().unwrap().id, None);
@@ -316,6 +320,11 @@ async fn bad_streams_get_a_status_and_a_stop_and_disturb_nothing() {
         (
             "dead upstream",
             header::encode("dead", None).unwrap(),
+            Status::UpstreamUnreachable,
+        ),
+        (
+            "dead unix upstream",
+            header::encode("dead_unix", None).unwrap(),
             Status::UpstreamUnreachable,
         ),
         (

@@ -184,6 +184,18 @@ fn every_listed_error_is_reported_one_line_each() {
             "node.listen: \"localhost:4433\" is not an IP:PORT address",
         ),
         (
+            format!("[[peers]]\nname = \"b\"\nid = \"{id_b}\"\n[[forward]]\nlisten = \"unix:run/a.sock\"\npeer = \"b\"\nservice = \"e\"\n"),
+            "forward[0].listen: unix socket path \"run/a.sock\" must be absolute (start with /)",
+        ),
+        (
+            "[[service]]\nname = \"e\"\nupstream = \"app:80\"\n".into(),
+            "service[0].upstream: \"app:80\" is neither IP:PORT nor unix:/absolute/path",
+        ),
+        (
+            format!("[[service]]\nname = \"e\"\nupstream = \"unix:/{}\"\n", "x".repeat(107)),
+            "service[0].upstream: unix socket path",
+        ),
+        (
             format!("[[peers]]\nname = \"b\"\nid = \"{id_b}\"\naddr = \"10.0.0.1\"\n"),
             "peers[0].addr: \"10.0.0.1\" is not IP:PORT or HOST:PORT (no port",
         ),

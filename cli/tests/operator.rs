@@ -554,7 +554,7 @@ async fn proxy_protocol_v2_tells_the_upstream_who_called() {
     let a_id = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen_id = a_id.clone();
     let s = setup_with(upstream, move |a, b| {
-        b.service[0].upstream = hp_addr;
+        b.service[0].upstream = hp_addr.into();
         b.service[0].proxy_protocol = peerpool::config::ProxyProtocol::V2;
         let mut raw_service = peerpool::config::ServiceConfig::new("raw", raw_addr);
         raw_service.proxy_protocol = peerpool::config::ProxyProtocol::V2;
@@ -628,4 +628,132 @@ async fn proxy_protocol_v2_tells_the_upstream_who_called() {
     assert_eq!(at, head.len(), "TLVs fill the header exactly");
     assert_eq!(tlvs.get(&0x02).map(Vec::as_slice), Some(&b"a"[..]));
     assert_eq!(tlvs.get(&0xE0).map(Vec::as_slice), Some(a_id.as_bytes()));
+}
+
+/// An echo server on a Unix socket: each connection gets its bytes back,
+/// then an end once the client ended.
+fn unix_echo(path: &Path) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::UnixListener::bind(path).expect("bind the unix echo upstream");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+                }
+            });
+        }
+    })
+}
+
+/// Sends `data` over a new Unix socket connection, half-closes and reads
+/// until the end.
+async fn unix_exchange(path: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("connect {}: {e}", path.display()))?;
+    let (mut r, mut w) = c.split();
+    let write = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::with_capacity(data.len());
+    let (wr, rd) = tokio::join!(write, r.read_to_end(&mut back));
+    rd.map_err(|e| format!("read: {e}"))?;
+    wr.map_err(|e| format!("write: {e}"))?;
+    Ok(back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sockets_carry_forwards_and_upstreams_and_their_files_come_and_go() {
+    use peerpool::config::{Address, ForwardConfig};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (front, back) = (dir.path().join("front.sock"), dir.path().join("echo.sock"));
+    let _echo = unix_echo(&back);
+    // A socket file left by a process that died: the forward replaces it.
+    drop(std::os::unix::net::UnixListener::bind(&front).expect("a stale socket file"));
+    assert!(front.exists());
+
+    let (f, b_sock) = (front.clone(), back.clone());
+    let s = setup_with(echo_upstream().await, move |a, b| {
+        b.service[0].upstream = Address::Unix(b_sock);
+        a.forward
+            .push(ForwardConfig::new(Address::Unix(f), "b", "echo"));
+    });
+    let (mut a, _b) = s.start(bin!()).await;
+    let meta = std::fs::symlink_metadata(&front).expect("the forward's socket file");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660, "{meta:?}");
+
+    // Unix client -> a -> b -> Unix upstream, and TCP client -> a -> b ->
+    // Unix upstream, concurrently, with sizes up to 1 MiB (many chunks
+    // each way, half-close mapped to the end).
+    let mut tasks = Vec::new();
+    for i in 0..24usize {
+        let (front, tcp) = (front.clone(), s.forward);
+        tasks.push(tokio::spawn(async move {
+            let size = [1, 4096, 100_000, 1 << 20][i % 4];
+            let data: Vec<u8> = (0..size).map(|k| (k * 7 + i) as u8).collect();
+            let back = if i % 2 == 0 {
+                unix_exchange(&front, &data).await
+            } else {
+                exchange(tcp, &data).await
+            };
+            match back {
+                Ok(b) if b == data => Ok(()),
+                Ok(b) => Err(format!("#{i}: sent {size} bytes, got {} back", b.len())),
+                Err(e) => Err(format!("#{i}: {e}")),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("exchange task")
+            .expect("an echo over unix sockets");
+    }
+    let label = format!("unix:{}", front.display());
+    let m = Admin::new(s.a_admin).metrics();
+    let ok = metric(
+        &m,
+        "peerpool_forward_connections_total",
+        &[("forward", &label), ("result", "ok")],
+    );
+    assert_eq!(ok, Some(12.0), "forward {label}");
+    let m = Admin::new(s.b_admin).metrics();
+    let served = metric(
+        &m,
+        "peerpool_service_streams_total",
+        &[("service", "echo"), ("result", "ok")],
+    );
+    assert_eq!(served, Some(24.0));
+
+    // A graceful stop removes the socket file; a second node on the path
+    // while the first runs would have been refused (see src/sidecar/local.rs).
+    a.signal("-TERM");
+    assert_eq!(a.wait(Duration::from_secs(20)), Some(0), "{}", a.log_text());
+    assert!(!front.exists(), "the socket file outlived the node");
+    assert!(
+        back.exists(),
+        "the upstream's socket is not the node's to remove"
+    );
+
+    // A file that is no socket is never replaced: `run` names it and stops.
+    std::fs::write(&front, b"not a socket").expect("a regular file");
+    let out = Command::new(bin!())
+        .arg("run")
+        .arg("--config")
+        .arg(&s.a_config)
+        .output()
+        .expect("run peerpool");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot bind forward[1].listen {label}: the path exists and is not a socket"
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&front).expect("the file"), b"not a socket");
 }

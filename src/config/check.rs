@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
 
 use super::limits::{stream_reservation, AddressValidation, HandshakeConfig};
 use super::load::Problem;
@@ -13,6 +12,7 @@ use super::schema::{
     Config, PeerConfig, MAX_CONNECTIONS_PER_PEER, MAX_CONNECTION_AGE, MAX_SERVICE_NAME_BYTES,
     MIN_CONNECTION_AGE,
 };
+use super::sidecar::Address;
 use crate::identity::PeerId;
 
 /// More TCP connections than this on one forward is surely a typo (each
@@ -340,8 +340,8 @@ impl Config {
     }
 
     fn check_forwards_and_services(&self, p: &mut Vec<Problem>) {
-        let mut tcp_listens: HashMap<SocketAddr, String> = HashMap::new();
-        tcp_listens.insert(self.admin.listen, "admin.listen".into());
+        let mut listens: HashMap<Address, String> = HashMap::new();
+        listens.insert(self.admin.listen.into(), "admin.listen".into());
         for (i, f) in self.forward.iter().enumerate() {
             if !self.peers.iter().any(|peer| peer.name == f.peer) {
                 let known: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
@@ -376,8 +376,10 @@ impl Config {
                     ),
                 ));
             }
-            if f.listen.port() != 0 {
-                if let Some(other) = tcp_listens.insert(f.listen, format!("forward[{i}].listen")) {
+            if !f.listen.is_ephemeral() {
+                if let Some(other) =
+                    listens.insert(f.listen.clone(), format!("forward[{i}].listen"))
+                {
                     p.push(Problem::new(
                         format!("forward[{i}].listen"),
                         format!("{} is already used by {other}", f.listen),
@@ -412,7 +414,7 @@ impl Config {
                     ));
                 }
             }
-            if s.upstream.port() == 0 {
+            if s.upstream.is_ephemeral() {
                 p.push(Problem::new(
                     format!("service[{i}].upstream"),
                     "port 0 cannot be connected to; give the upstream's real port",

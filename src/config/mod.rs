@@ -8,7 +8,8 @@
 //! - `check`: the rules serde cannot express, one message per rule;
 //! - `limits`: `[handshake]` and the rules of the buffer keys of `[node]`;
 //! - `logging`: `[access_log]` and its rules;
-//! - `sidecar`: `[[forward]]` and `[[service]]`;
+//! - `sidecar`: `[[forward]]` and `[[service]]`, and their addresses (TCP or
+//!   `unix:/path`);
 //! - `load`: reading a file and reporting every problem at once, each naming
 //!   the key, the bad value and what is allowed, e.g.
 //!   `pool.max_connections_per_peer: must be between 1 and 64, got 0`.
@@ -30,5 +31,5 @@ pub use schema::{
     PoolConfig, RetryConfig, TrustConfig, ADMIN_GET_PATHS, MAX_CONFIG_BYTES,
     MAX_CONNECTIONS_PER_PEER, MAX_SERVICE_NAME_BYTES,
 };
-pub use sidecar::{ForwardConfig, ProxyProtocol, ServiceConfig};
+pub use sidecar::{Address, ForwardConfig, ProxyProtocol, ServiceConfig, MAX_UNIX_PATH_BYTES};
 pub use units::{parse_addr, MAX_SECS};

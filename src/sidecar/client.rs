@@ -1,18 +1,16 @@
-//! The client's side of a forwarded TCP connection: its two halves, the
+//! The client's side of a forwarded connection: its two halves, the
 //! bytes kept for a retry on another endpoint, and the stream header that
 //! names the service and the client's addresses.
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 
 use super::header;
-use super::pipe::{self, TcpWrite};
+use super::local::{self, ReadHalf, Stream, WriteHalf};
 
 /// The client's side of a forwarded connection.
 pub(super) struct Client {
-    pub(super) r: OwnedReadHalf,
-    pub(super) w: TcpWrite,
+    pub(super) r: ReadHalf,
+    pub(super) w: WriteHalf,
     /// While `replayable`, every byte the client sent; after, only those
     /// not yet written to the stream.
     pub(super) buf: Vec<u8>,
@@ -26,14 +24,12 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn new(tcp: TcpStream, service: &str) -> Client {
-        let addrs = match (tcp.peer_addr(), tcp.local_addr()) {
-            (Ok(s), Ok(d)) => Some(header::ClientAddrs::of(s, d)),
-            _ => None,
-        };
+    pub(super) fn new(conn: Stream, service: &str) -> Client {
         // The name was checked when the forward was made.
-        let head = header::encode(service, addrs).unwrap_or_default().into();
-        let (r, w) = pipe::split(tcp);
+        let head = header::encode(service, conn.client_addrs())
+            .unwrap_or_default()
+            .into();
+        let (r, w) = conn.split();
         Client {
             head,
             r,
@@ -46,6 +42,6 @@ impl Client {
     }
 
     pub(super) fn abort(self) {
-        pipe::reset_tcp(self.r, self.w);
+        local::reset(self.r, self.w);
     }
 }

@@ -1,4 +1,5 @@
-//! `[[forward]]`: every TCP connection accepted on `listen` becomes one
+//! `[[forward]]`: every connection accepted on `listen` (TCP or a Unix
+//! socket) becomes one
 //! stream to `peer` (opened through the pool, so by strategy) asking for
 //! `service`.
 //!
@@ -22,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::access_log::{AccessLog, Entry, Kind};
@@ -30,6 +30,7 @@ use super::budget::StreamBudget;
 use super::client::Client;
 use super::header::{self, Status};
 use super::limit::{Held, Slot};
+use super::local::{Accept, Stream};
 use super::pipe::{self, Activity, Fault, Outcome, Started, PIPE_BUFFER};
 use crate::config::ForwardConfig;
 use crate::metrics::labels::{RetryReason, TransferResult};
@@ -51,7 +52,7 @@ const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// `max_connections`. Each connection is forwarded by the forward's
 /// settings at its accept: a reload that changes them sends new ones on
 /// `settings`.
-pub(crate) async fn serve(listener: TcpListener, mut settings: watch::Receiver<Arc<Forward>>) {
+pub(crate) async fn serve(listener: Accept, mut settings: watch::Receiver<Arc<Forward>>) {
     let held = Arc::new(Held::default());
     let mut warned: Option<Instant> = None;
     loop {
@@ -68,20 +69,18 @@ pub(crate) async fn serve(listener: TcpListener, mut settings: watch::Receiver<A
         )
         .await;
         match listener.accept().await {
-            Ok((tcp, _)) => {
-                pipe::arm(&tcp);
-                let _ = tcp.set_nodelay(true);
+            Ok(conn) => {
                 let forward = settings.borrow().clone();
                 let slot = Slot::take(&held, forward.metrics.clone());
                 tokio::spawn(async move {
-                    forward.one(tcp).await;
+                    forward.one(conn).await;
                     drop(slot);
                 });
             }
             Err(e) => {
                 // Out of file descriptors and the like: keep serving.
-                let listen = settings.borrow().config.listen;
-                tracing::warn!(forward = %listen, error = %e, "accept failed");
+                let label = settings.borrow().label.clone();
+                tracing::warn!(forward = %label, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -163,12 +162,12 @@ enum Answer {
 }
 
 impl Forward {
-    async fn one(self: Arc<Self>, tcp: TcpStream) {
+    async fn one(self: Arc<Self>, conn: Stream) {
         let accepted = Instant::now();
         let activity = Activity::default();
         let mut trail = Trail::default();
         let run = self.run(
-            Client::new(tcp, &self.config.service),
+            Client::new(conn, &self.config.service),
             accepted,
             &activity,
             &mut trail,

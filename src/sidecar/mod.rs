@@ -1,5 +1,6 @@
-//! The sidecar: TCP forwarding over pooled streams, services, the admin API,
-//! and the node that runs them all with a graceful drain.
+//! The sidecar: forwarding (TCP or Unix sockets) over pooled streams,
+//! services, the admin API, and the node that runs them all with a graceful
+//! drain.
 //!
 //! [`Node::start`] takes its sockets already bound ([`Listeners`]) so tests
 //! can run nodes in-process on ephemeral ports, and the caller decides when
@@ -13,6 +14,7 @@ mod diff;
 mod forward;
 pub mod header;
 mod limit;
+mod local;
 mod pipe;
 pub mod proxy;
 pub mod reload;
@@ -24,10 +26,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Loaded};
+use crate::config::{Address, Config, Loaded};
 use crate::transport;
 use crate::{Pool, PoolError};
 use budget::StreamBudget;
+pub use local::{Listener, SocketFile, SOCKET_FILE_MODE};
 use reload::Live;
 pub use reload::{ReloadError, ReloadReport};
 
@@ -37,7 +40,7 @@ pub enum NodeError {
     #[error("cannot bind {key} {addr}: {source}")]
     Bind {
         key: String,
-        addr: SocketAddr,
+        addr: Address,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -47,8 +50,8 @@ pub enum NodeError {
 }
 
 /// A bind error of the socket configured at `key`.
-fn bind_err(key: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> NodeError {
-    let key = key.to_string();
+fn bind_err(key: &str, addr: impl Into<Address>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let (key, addr) = (key.to_string(), addr.into());
     move |source| NodeError::Bind { key, addr, source }
 }
 
@@ -57,7 +60,7 @@ pub struct Listeners {
     pub udp: UdpSocket,
     pub admin: TcpListener,
     /// One per `[[forward]]`, in config order.
-    pub forwards: Vec<TcpListener>,
+    pub forwards: Vec<Listener>,
 }
 
 impl Listeners {
@@ -74,8 +77,8 @@ impl Listeners {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                TcpListener::bind(f.listen)
-                    .map_err(bind_err(&format!("forward[{i}].listen"), f.listen))
+                Listener::bind(&f.listen)
+                    .map_err(bind_err(&format!("forward[{i}].listen"), f.listen.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Listeners {
@@ -141,7 +144,7 @@ impl Node {
             .zip(file_config.forward.clone())
             .enumerate()
         {
-            let listen = cfg.listen;
+            let listen = cfg.listen.clone();
             if let Some(running) = reload::Running::start(listener, cfg, &pool, &memory, &log)
                 .map_err(bind_err(&format!("forward[{i}].listen"), listen))?
             {
@@ -194,8 +197,12 @@ impl Node {
     }
 
     /// The bound address of every forward, in config order.
-    pub fn forward_addrs(&self) -> Vec<SocketAddr> {
-        self.live.forwards().iter().map(|f| f.addr).collect()
+    pub fn forward_addrs(&self) -> Vec<Address> {
+        self.live
+            .forwards()
+            .iter()
+            .map(|f| f.addr.clone())
+            .collect()
     }
 
     /// Reopens the access log file at its path (after log rotation moved
@@ -215,12 +222,13 @@ impl Node {
         self.live.apply_on_arbiter(loaded).await
     }
 
-    /// The graceful drain: stop accepting TCP connections and new streams,
+    /// The graceful drain: stop accepting connections (removing the
+    /// forwards' socket files) and new streams,
     /// let streams in flight finish (up to `admin.drain_timeout`), close
     /// every QUIC connection with "going away", stop the admin server.
     pub async fn shutdown(self) {
         tracing::info!(timeout = ?self.drain_timeout, "draining");
-        for f in self.live.forwards().iter() {
+        for f in self.live.forwards().iter_mut() {
             f.stop();
         }
         self.touch.abort();

@@ -1,4 +1,5 @@
-//! Copying bytes between a TCP connection and a QUIC stream, both ways.
+//! Copying bytes between a local connection (TCP or a Unix socket, see
+//! [`super::local`]; "TCP" below) and a QUIC stream, both ways.
 //!
 //! - No copy in user space: TCP is read into blocks of [`PIPE_BUFFER`]
 //!   bytes handed to quinn as they are (`write_chunk`), and the chunks quinn
@@ -12,11 +13,9 @@
 //!   code [`RESET_TCP`]); a QUIC reset, a stop or a lost connection resets
 //!   the TCP connection (RST, never a FIN that could pass for a complete
 //!   answer).
-//! - No false FIN, ever: every TCP socket is [`arm`]ed (`SO_LINGER` 0) as
-//!   soon as it exists, and its write half is a [`TcpWrite`], which sends
-//!   a FIN only through [`TcpWrite::finish`] (disarming first). Any other
-//!   end (a failed pipe, an aborted task, the process killed) closes with
-//!   RST. A stream dropped unfinished is reset (`PooledSend`).
+//! - No false FIN, ever: a TCP socket's write half sends a FIN only
+//!   through [`WriteHalf::finish`]; any other end closes with RST (see
+//!   [`super::local`]). A stream dropped unfinished is reset (`PooledSend`).
 //! - A finished stream's pipe waits (up to [`ACK_WAIT`]) until the peer
 //!   has acknowledged it, so a drain that waits for streams never closes a
 //!   connection under a completed answer still in flight.
@@ -26,11 +25,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::VarInt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use super::header::{Status, RESET_TCP};
+use super::local::{self, ReadHalf, WriteHalf};
 use crate::metrics::labels::TransferResult;
 use crate::{PooledRecv, PooledSend};
 
@@ -46,87 +44,36 @@ const GATHER: usize = 32;
 /// The longest wait for the peer to acknowledge a finished stream.
 pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 
-/// Makes `tcp` close with RST unless [`TcpWrite::finish`] disarms it: a
-/// process that dies mid-transfer resets its TCP peers instead of ending
-/// their streams cleanly.
-pub(crate) fn arm(tcp: &TcpStream) {
-    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-}
-
-/// The write half of an [`arm`]ed TCP connection. Dropping it sends
-/// nothing (tokio's write half would send a FIN): the socket then closes
-/// with RST when its read half goes too.
-pub(crate) struct TcpWrite(Option<OwnedWriteHalf>);
-
-impl TcpWrite {
-    pub(crate) async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match &mut self.0 {
-            Some(w) => w.write_all(buf).await,
-            None => Err(std::io::ErrorKind::NotConnected.into()),
+/// Writes every chunk, gathered into as few writes as the socket takes,
+/// and returns the bytes written.
+async fn write_all_chunks(w: &mut WriteHalf, chunks: &mut [Bytes]) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut first = 0;
+    while first < chunks.len() {
+        let mut slices = [std::io::IoSlice::new(&[]); GATHER];
+        let k = (chunks.len() - first).min(GATHER);
+        for (slice, chunk) in slices.iter_mut().zip(&chunks[first..]) {
+            *slice = std::io::IoSlice::new(chunk);
         }
-    }
-
-    /// Writes every chunk, gathered into as few writes as TCP takes, and
-    /// returns the bytes written.
-    async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> std::io::Result<u64> {
-        let Some(w) = &mut self.0 else {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        };
-        let mut total = 0u64;
-        let mut first = 0;
-        while first < chunks.len() {
-            let mut slices = [std::io::IoSlice::new(&[]); GATHER];
-            let k = (chunks.len() - first).min(GATHER);
-            for (slice, chunk) in slices.iter_mut().zip(&chunks[first..]) {
-                *slice = std::io::IoSlice::new(chunk);
-            }
-            let mut n = w.write_vectored(&slices[..k]).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            total += n as u64;
-            while n > 0 {
-                let c = &mut chunks[first];
-                let take = n.min(c.len());
-                c.advance(take);
-                n -= take;
-                if c.is_empty() {
-                    first += 1;
-                }
-            }
-            while first < chunks.len() && chunks[first].is_empty() {
+        let mut n = w.write_vectored(&slices[..k]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        total += n as u64;
+        while n > 0 {
+            let c = &mut chunks[first];
+            let take = n.min(c.len());
+            c.advance(take);
+            n -= take;
+            if c.is_empty() {
                 first += 1;
             }
         }
-        Ok(total)
-    }
-
-    /// The orderly end: disarm, then FIN after everything written.
-    pub(crate) async fn finish(&mut self) -> std::io::Result<()> {
-        let Some(w) = &mut self.0 else {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        };
-        socket2::SockRef::from(w.as_ref()).set_linger(None)?;
-        w.shutdown().await
-    }
-
-    fn take(mut self) -> Option<OwnedWriteHalf> {
-        self.0.take()
-    }
-}
-
-impl Drop for TcpWrite {
-    fn drop(&mut self) {
-        if let Some(w) = self.0.take() {
-            w.forget();
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
         }
     }
-}
-
-/// Splits an [`arm`]ed connection.
-pub(crate) fn split(tcp: TcpStream) -> (OwnedReadHalf, TcpWrite) {
-    let (r, w) = tcp.into_split();
-    (r, TcpWrite(Some(w)))
+    Ok(total)
 }
 
 /// How a pipe ended.
@@ -273,7 +220,7 @@ pub(crate) struct Started {
 // The quinn methods (with their typed errors) are called through the
 // pooled wrappers' `Deref`, not the tokio traits the wrappers implement.
 async fn tcp_to_quic(
-    tcp: &mut OwnedReadHalf,
+    tcp: &mut ReadHalf,
     send: &mut PooledSend,
     pending: Bytes,
     fin: bool,
@@ -318,7 +265,7 @@ async fn tcp_to_quic(
 
 async fn quic_to_tcp(
     recv: &mut PooledRecv,
-    tcp: &mut TcpWrite,
+    tcp: &mut WriteHalf,
     activity: &Activity,
 ) -> Result<(), Fault> {
     let recv: &mut quinn::RecvStream = recv;
@@ -331,8 +278,7 @@ async fn quic_to_tcp(
         activity.moved();
         match read {
             Ok(Some(k)) => {
-                let n = tcp
-                    .write_all_chunks(&mut chunks[..k])
+                let n = write_all_chunks(tcp, &mut chunks[..k])
                     .await
                     .map_err(|_| Fault::Tcp)?;
                 activity.sent_down(n);
@@ -346,22 +292,11 @@ async fn quic_to_tcp(
     }
 }
 
-/// Pipes a fresh TCP connection and a fresh stream.
-pub(crate) async fn pipe_tcp(
-    tcp: TcpStream,
-    send: PooledSend,
-    recv: PooledRecv,
-    activity: &Activity,
-) -> Outcome {
-    let (r, w) = split(tcp);
-    pipe(r, w, send, recv, Started::default(), activity).await
-}
-
 /// Pipes TCP and the stream from `start` until both directions finish or
 /// one fails, counting every chunk in `activity`.
 pub(crate) async fn pipe(
-    mut tcp_r: OwnedReadHalf,
-    mut tcp_w: TcpWrite,
+    mut tcp_r: ReadHalf,
+    mut tcp_w: WriteHalf,
     mut send: PooledSend,
     mut recv: PooledRecv,
     start: Started,
@@ -407,14 +342,14 @@ pub(crate) async fn pipe(
 /// Ends both sides after `fault`: whatever the stream's fate, the TCP
 /// client must not mistake it for a complete answer, so RST, not FIN.
 pub(crate) fn fail(
-    tcp_r: OwnedReadHalf,
-    tcp_w: TcpWrite,
+    tcp_r: ReadHalf,
+    tcp_w: WriteHalf,
     send: PooledSend,
     recv: PooledRecv,
     fault: Fault,
 ) -> Outcome {
     reset_stream(send, recv);
-    reset_tcp(tcp_r, tcp_w);
+    local::reset(tcp_r, tcp_w);
     fault.outcome()
 }
 
@@ -423,19 +358,4 @@ pub(crate) fn reset_stream(mut send: PooledSend, mut recv: PooledRecv) {
     let code = VarInt::from_u32(RESET_TCP);
     let _ = send.reset(code);
     let _ = recv.stop(code);
-}
-
-/// Closes a TCP connection with RST (linger 0, and no FIN from the write half).
-pub(crate) fn reset_tcp(r: OwnedReadHalf, w: TcpWrite) {
-    if let Some(w) = w.take() {
-        if let Ok(stream) = r.reunite(w) {
-            abort(stream);
-        }
-    }
-}
-
-/// Closes a whole TCP stream with RST.
-pub(crate) fn abort(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }

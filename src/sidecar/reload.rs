@@ -6,7 +6,6 @@
 //! from then on. Keys that only a restart can apply are named in the
 //! report and in the log. An invalid file changes nothing.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -17,8 +16,9 @@ use super::access_log::AccessLog;
 use super::budget::StreamBudget;
 pub use super::diff::Diff;
 use super::forward::{self, Forward};
+use super::local::{Listener, SocketFile};
 use super::service::Services;
-use crate::config::{Config, ForwardConfig, Loaded};
+use crate::config::{Address, Config, ForwardConfig, Loaded};
 use crate::metrics::labels::ReloadResult;
 use crate::metrics::sidecar::ForwardMetrics;
 use crate::Pool;
@@ -49,7 +49,7 @@ pub enum ReloadError {
     #[error("cannot bind {key} {addr}: {source}; nothing changed")]
     Bind {
         key: String,
-        addr: SocketAddr,
+        addr: Address,
         source: std::io::Error,
     },
     #[error("the node has stopped")]
@@ -59,7 +59,9 @@ pub enum ReloadError {
 /// A running forward.
 pub(crate) struct Running {
     pub(crate) config: ForwardConfig,
-    pub(crate) addr: SocketAddr,
+    pub(crate) addr: Address,
+    /// A Unix listener's socket file, removed when the forward stops.
+    file: Option<SocketFile>,
     settings: watch::Sender<Arc<Forward>>,
     task: actix_rt::task::JoinHandle<()>,
     pub(crate) metrics: Arc<ForwardMetrics>,
@@ -69,15 +71,14 @@ impl Running {
     /// Starts forwarding on `listener`; `None` when the forward's service
     /// name cannot be sent (`check` refuses such configs).
     pub(crate) fn start(
-        listener: std::net::TcpListener,
+        listener: Listener,
         config: ForwardConfig,
         pool: &Pool,
         memory: &Arc<StreamBudget>,
         log: &Arc<AccessLog>,
     ) -> std::io::Result<Option<Running>> {
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (listener, file) = listener.serve()?;
         let metrics = Arc::new(ForwardMetrics::new(&config.listen.to_string()));
         let Some(settings) = Forward::new(
             config.clone(),
@@ -94,14 +95,16 @@ impl Running {
         Ok(Some(Running {
             config,
             addr,
+            file,
             settings: tx,
             task,
             metrics,
         }))
     }
 
-    pub(crate) fn stop(&self) {
+    pub(crate) fn stop(&mut self) {
         self.task.abort();
+        self.file = None;
     }
 }
 
@@ -225,12 +228,11 @@ impl Live {
         let plan = plan_forwards(&self.forwards(), &config.forward);
         let mut bound = Vec::new();
         for (i, f) in &plan.start {
-            let listener =
-                std::net::TcpListener::bind(f.listen).map_err(|source| ReloadError::Bind {
-                    key: format!("forward[{i}].listen"),
-                    addr: f.listen,
-                    source,
-                })?;
+            let listener = Listener::bind(&f.listen).map_err(|source| ReloadError::Bind {
+                key: format!("forward[{i}].listen"),
+                addr: f.listen.clone(),
+                source,
+            })?;
             bound.push((listener, f.clone()));
         }
 
@@ -248,7 +250,7 @@ impl Live {
         {
             let mut forwards = self.forwards();
             for i in plan.stop.iter().rev() {
-                let r = forwards.remove(*i);
+                let mut r = forwards.remove(*i);
                 r.stop();
                 report.forwards.removed.push(r.config.listen.to_string());
             }
@@ -357,7 +359,7 @@ fn plan_forwards(running: &[Running], wanted: &[ForwardConfig]) -> ForwardPlan {
     let mut change = Vec::new();
     for (i, w) in wanted.iter().enumerate() {
         let found = running.iter().enumerate().position(|(j, r)| {
-            !kept[j] && r.config.listen == w.listen && (w.listen.port() != 0 || r.config == *w)
+            !kept[j] && r.config.listen == w.listen && (!w.listen.is_ephemeral() || r.config == *w)
         });
         match found {
             Some(j) => {

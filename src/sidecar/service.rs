@@ -1,5 +1,6 @@
 //! `[[service]]`: streams peers open to this node name a service in their
-//! header; the node connects to that service's TCP upstream and pipes.
+//! header; the node connects to that service's upstream (TCP or a Unix
+//! socket) and pipes.
 //!
 //! A bad stream (unknown service, dead upstream, malformed, oversized or slow
 //! header) gets a status byte and is stopped with that code. It costs one
@@ -12,11 +13,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::access_log::{AccessLog, Entry, Kind};
 use super::budget::StreamBudget;
 use super::header::{self, ClientAddrs, HeaderError, Parsed, Status};
+use super::local::{self, Stream};
 use super::pipe;
 use crate::config::{ProxyProtocol, ServiceConfig};
 use crate::metrics::labels::TransferResult;
@@ -196,14 +197,10 @@ impl Services {
             let r = refuse(send, recv, Status::Overloaded, &service.metrics).await;
             return (label, r);
         };
-        let upstream = service.config.upstream;
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
-            .await
+        let upstream = &service.config.upstream;
+        let conn = match tokio::time::timeout(self.connect_timeout, Stream::connect(upstream)).await
         {
-            Ok(Ok(tcp)) => {
-                pipe::arm(&tcp);
-                tcp
-            }
+            Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 tracing::warn!(service = %name, %upstream, error = %e, "upstream refused a connection");
                 let r = refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
@@ -215,25 +212,24 @@ impl Services {
                 return (label, r);
             }
         };
-        let mut tcp = tcp;
-        let _ = tcp.set_nodelay(true);
+        let (up_r, mut up_w) = conn.split();
         if service.config.proxy_protocol == ProxyProtocol::V2 {
             let head = super::proxy::v2(client, &peer, &peer_id.to_string());
-            let sent = tokio::time::timeout(self.connect_timeout, tcp.write_all(&head)).await;
+            let sent = tokio::time::timeout(self.connect_timeout, up_w.write_all(&head)).await;
             if !matches!(sent, Ok(Ok(()))) {
                 tracing::warn!(service = %name, %upstream, "upstream did not take the PROXY header");
-                pipe::abort(tcp);
+                local::reset(up_r, up_w);
                 let r = refuse(send, recv, Status::UpstreamUnreachable, &service.metrics).await;
                 return (label, r);
             }
         }
         if send.write_all(&[Status::Ok as u8]).await.is_err() {
-            pipe::abort(tcp);
+            local::reset(up_r, up_w);
             service.metrics.count(TransferResult::StreamReset);
             return (label, TransferResult::StreamReset);
         }
         // Seen from the service: the caller's bytes go up to the upstream.
-        let outcome = pipe::pipe_tcp(tcp, send, recv, activity).await;
+        let outcome = pipe::pipe(up_r, up_w, send, recv, pipe::Started::default(), activity).await;
         let result = outcome.label();
         service.metrics.count(result);
         (label, result)

@@ -273,7 +273,10 @@ pub fn setup_with(upstream: SocketAddr, tune: impl FnOnce(&mut Config, &mut Conf
         b_udp: b.node.listen,
         a_admin: a.admin.listen,
         b_admin: b.admin.listen,
-        forward: a.forward[0].listen,
+        forward: a.forward[0]
+            .listen
+            .tcp()
+            .expect("the setup forwards over TCP"),
         a_log: dir.path().join("a.log"),
         b_log: dir.path().join("b.log"),
         a_config,

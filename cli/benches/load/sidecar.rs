@@ -34,7 +34,7 @@ pub fn pair_with(
     let dir = tempfile::tempdir().expect("tempdir");
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let (mut a, mut b) = forwarding_pair(&da, &db, upstream, service);
-    let forward = a.forward[0].listen;
+    let forward = a.forward[0].listen.tcp().expect("a TCP forward");
     a.pool.load_balancing_strategy = peerpool::pool::Strategy::LeastLoaded;
     for c in [&mut a, &mut b] {
         c.pool.max_connections_per_peer = n;
