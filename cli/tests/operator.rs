@@ -757,3 +757,129 @@ async fn unix_sockets_carry_forwards_and_upstreams_and_their_files_come_and_go()
     );
     assert_eq!(std::fs::read(&front).expect("the file"), b"not a socket");
 }
+
+/// The `data-peer` names of the peer rows, in page order.
+fn peer_rows(dom: &str) -> Vec<String> {
+    // The page's script (dumped with the DOM) holds the row template.
+    let body = dom.split("<script>").next().unwrap_or_default();
+    body.split("<tr data-peer=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_stays_usable_at_500_peers() {
+    use peerpool::config::PeerConfig;
+    use peerpool::PeerId;
+    const INBOUND: usize = 498;
+    let upstream = echo_upstream().await;
+    // b (real, healthy), one peer at a dead address (dialled, failing),
+    // and peers that only ever dial in (none does: never connected).
+    let dead = free_udp();
+    let s = setup_with(upstream, move |a, _| {
+        a.peers.push(PeerConfig::pinned(
+            "zz-dead",
+            PeerId::from_spki(b"zz-dead"),
+            Some(dead),
+        ));
+        for i in 0..INBOUND {
+            let name = format!("peer-{i:04}");
+            let id = PeerId::from_spki(name.as_bytes());
+            a.peers.push(PeerConfig::pinned(name, id, None));
+        }
+    });
+    // a is never ready (zz-dead): wait for b's connections instead.
+    let _b = NodeProc::start(bin!(), &s.b_config, s.b_log.clone());
+    let _a = NodeProc::start(bin!(), &s.a_config, s.a_log.clone());
+    let admin = s.a_admin;
+    tokio::task::spawn_blocking(move || {
+        let a = Admin::new(admin);
+        wait_blocking("b healthy on a", Duration::from_secs(20), || {
+            a.peer("b")
+                .is_some_and(|p| p.state == peerpool::PeerState::Healthy)
+        })
+    })
+    .await
+    .expect("the wait for b");
+
+    // The JSON the page polls every second: what one poll costs the node.
+    let status_url = format!("http://{admin}/status");
+    let mut took = Vec::new();
+    let mut size = 0;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let (code, body) = http_async("GET", &status_url, None, None).await;
+        took.push(started.elapsed());
+        assert_eq!(code, 200);
+        size = body.len();
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!(
+        "GET /status at 500 peers: {size} bytes, median {median:?}, max {:?}",
+        took[took.len() - 1]
+    );
+    assert!(
+        median < Duration::from_millis(100),
+        "GET /status median {median:?}"
+    );
+    assert!(size < 2 << 20, "GET /status is {size} bytes");
+
+    let page = |query: &str| {
+        let url = format!("http://{admin}/{query}");
+        let query = query.to_string();
+        async move {
+            let (dom, console) =
+                tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
+                    .await
+                    .expect("chromium");
+            let logged: Vec<String> = console
+                .lines()
+                .filter(|l| l.contains(":CONSOLE"))
+                .map(str::to_string)
+                .collect();
+            assert!(logged.is_empty(), "{query}: console:\n{logged:#?}");
+            dom
+        }
+    };
+
+    // Every peer has a row; problems first, so the one healthy peer is last.
+    let dom = page("").await;
+    let rows = peer_rows(&dom);
+    assert_eq!(
+        rows.len(),
+        INBOUND + 2,
+        "rows: {:?}",
+        &rows[..rows.len().min(5)]
+    );
+    assert_eq!(rows.last().map(String::as_str), Some("b"), "healthy last");
+    assert!(
+        dom.contains("1 of 500 peers healthy"),
+        "summary in:\n{}",
+        &dom[..2000.min(dom.len())]
+    );
+    let first = dom.split("<tr data-peer=").nth(1).unwrap_or_default();
+    assert!(
+        first.contains("class=\"problem\""),
+        "first row is no problem: {first:.300}"
+    );
+
+    // A link with a filter shows the one matching peer, and says so.
+    let dom = page("?filter=peer-0042").await;
+    assert_eq!(peer_rows(&dom), ["peer-0042"]);
+    assert!(
+        dom.contains("<span data-k=\"shown\">1</span> shown"),
+        "{dom:.3000}"
+    );
+
+    // A link with a sort orders by it.
+    let dom = page("?sort=name&order=asc").await;
+    let rows = peer_rows(&dom);
+    let mut sorted = rows.clone();
+    sorted.sort();
+    assert_eq!(rows.len(), INBOUND + 2);
+    assert_eq!(rows, sorted, "sorted by name");
+    assert_eq!(rows.first().map(String::as_str), Some("b"));
+}
