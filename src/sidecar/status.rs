@@ -4,7 +4,7 @@
 //! snapshots. Counters come from the recorder's own rendering, so the
 //! snapshot and `GET /metrics` never disagree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,19 +86,25 @@ pub fn snapshot(
             &bucket,
         ],
     );
-    fn by_peer<'a>(
-        samples: &'a [Sample],
-        name: &'a str,
-        peer: &'a str,
-    ) -> impl Iterator<Item = &'a Sample> {
-        samples
-            .iter()
-            .filter(move |s| s.name == name && s.label("peer") == Some(peer))
+    // Grouped once, so that a snapshot stays linear in the peers (looking
+    // each peer's samples up in the whole list is quadratic).
+    let mut by_peer: HashMap<&str, Vec<&Sample>> = HashMap::new();
+    for sample in &samples {
+        if sample.name == bucket || sample.name == EJECTIONS {
+            if let Some(peer) = sample.label("peer") {
+                by_peer.entry(peer).or_default().push(sample);
+            }
+        }
     }
     let peers = peers
         .into_iter()
         .map(|status| {
-            let mut open_buckets: Vec<(f64, u64)> = by_peer(&samples, &bucket, &status.name)
+            let mine = by_peer
+                .get(status.name.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let mut open_buckets: Vec<(f64, u64)> = mine
+                .iter()
+                .filter(|s| s.name == bucket)
                 .filter_map(|s| Some((le(s)?, s.value as u64)))
                 .collect();
             open_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -111,7 +117,9 @@ pub fn snapshot(
             };
             PeerView {
                 opens,
-                ejections: by_peer(&samples, EJECTIONS, &status.name)
+                ejections: mine
+                    .iter()
+                    .filter(|s| s.name == EJECTIONS)
                     .map(|s| s.value as u64)
                     .sum(),
                 open_buckets,
