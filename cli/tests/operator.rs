@@ -729,6 +729,40 @@ async fn unix_sockets_carry_forwards_and_upstreams_and_their_files_come_and_go()
     );
     assert_eq!(served, Some(24.0));
 
+    // A reload that removes the forward removes its file; one that adds it
+    // back makes a new one that serves.
+    let full = std::fs::read_to_string(&s.a_config).expect("a.toml");
+    let mut without: peerpool::config::Config = toml::from_str(&full).expect("a.toml parses");
+    without.forward.truncate(1);
+    std::fs::write(&s.a_config, toml::to_string(&without).expect("toml")).expect("write a.toml");
+    a.signal("-HUP");
+    let gone = front.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking(
+            "the reload removes the socket file",
+            Duration::from_secs(10),
+            || !gone.exists(),
+        )
+    })
+    .await
+    .expect("the wait");
+    std::fs::write(&s.a_config, &full).expect("write a.toml back");
+    a.signal("-HUP");
+    let back_again = front.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking(
+            "the reload makes the socket file",
+            Duration::from_secs(10),
+            || back_again.exists(),
+        )
+    })
+    .await
+    .expect("the wait");
+    let again = unix_exchange(&front, b"after the reload")
+        .await
+        .expect("an echo over the re-added forward");
+    assert_eq!(again, b"after the reload");
+
     // A graceful stop removes the socket file; a second node on the path
     // while the first runs would have been refused (see src/sidecar/local.rs).
     a.signal("-TERM");
