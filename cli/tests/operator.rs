@@ -851,7 +851,9 @@ async fn the_status_page_stays_usable_at_500_peers() {
     }
     took.sort();
     let median = took[took.len() / 2];
-    // For comparison (not asserted): /metrics renders the same series.
+    // The baseline, in the same run: /metrics renders the same series, the
+    // bulk of what /status costs. What /status adds (the peers' table, the
+    // grouping, the JSON) must stay small next to it, whichever build runs.
     let mut metrics_took = Vec::new();
     for _ in 0..20 {
         let started = std::time::Instant::now();
@@ -860,13 +862,20 @@ async fn the_status_page_stays_usable_at_500_peers() {
         assert_eq!(code, 200);
     }
     metrics_took.sort();
+    let baseline = metrics_took[metrics_took.len() / 2];
     eprintln!(
-        "GET /status at 500 peers: {size} bytes, median {median:?}, max {:?}; GET /metrics median {:?}",
+        "GET /status at 500 peers: {size} bytes, median {median:?}, max {:?}; GET /metrics median {baseline:?}",
         took[took.len() - 1],
-        metrics_took[metrics_took.len() / 2]
+    );
+    // Release build: 39 against 33 ms; the build tests run by default
+    // (peerpool's own code unoptimized): 84 against 31 ms. A snapshot that
+    // did per-peer work over every sample would be a multiple of either.
+    assert!(
+        median <= baseline * 4 + Duration::from_millis(10),
+        "GET /status median {median:?} against GET /metrics {baseline:?}"
     );
     assert!(
-        median < Duration::from_millis(100),
+        median < Duration::from_millis(500),
         "GET /status median {median:?}"
     );
     assert!(size < 2 << 20, "GET /status is {size} bytes");

@@ -42,8 +42,9 @@ macro_rules! bin {
 }
 
 /// The `peerpool` binary tests run: the one cargo built for the test
-/// (`built`), or `PEERPOOL_BIN` when set. CI sets it to the release build
-/// so that CPU budgets are measured on what users run.
+/// (`built`: dependencies optimized, peerpool's own code not), or
+/// `PEERPOOL_BIN` when set (for example to the release build, to measure
+/// what users run). `.ci/run` does not set it.
 pub fn node_binary(built: &'static str) -> PathBuf {
     std::env::var_os("PEERPOOL_BIN")
         .map(PathBuf::from)
