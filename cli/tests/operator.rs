@@ -649,20 +649,20 @@ fn unix_echo(path: &Path) -> tokio::task::JoinHandle<()> {
 /// Sends `data` over a new Unix socket connection, half-closes and reads
 /// until the end.
 async fn unix_exchange(path: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::UnixStream::connect(path)
+    let c = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|e| format!("connect {}: {e}", path.display()))?;
-    let (mut r, mut w) = c.split();
-    let write = async {
-        w.write_all(data).await?;
-        w.shutdown().await
-    };
-    let mut back = Vec::with_capacity(data.len());
-    let (wr, rd) = tokio::join!(write, r.read_to_end(&mut back));
-    rd.map_err(|e| format!("read: {e}"))?;
-    wr.map_err(|e| format!("write: {e}"))?;
-    Ok(back)
+    peerpool_testkit::procs::exchange_over(c, data).await
+}
+
+/// Waits (up to 10 s) until `path` exists, or until it is gone.
+async fn wait_for_file(path: &Path, present: bool, what: &'static str) {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        wait_blocking(what, Duration::from_secs(10), || path.exists() == present)
+    })
+    .await
+    .expect("the wait");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -736,28 +736,10 @@ async fn unix_sockets_carry_forwards_and_upstreams_and_their_files_come_and_go()
     without.forward.truncate(1);
     std::fs::write(&s.a_config, toml::to_string(&without).expect("toml")).expect("write a.toml");
     a.signal("-HUP");
-    let gone = front.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_blocking(
-            "the reload removes the socket file",
-            Duration::from_secs(10),
-            || !gone.exists(),
-        )
-    })
-    .await
-    .expect("the wait");
+    wait_for_file(&front, false, "the reload removes the socket file").await;
     std::fs::write(&s.a_config, &full).expect("write a.toml back");
     a.signal("-HUP");
-    let back_again = front.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_blocking(
-            "the reload makes the socket file",
-            Duration::from_secs(10),
-            || back_again.exists(),
-        )
-    })
-    .await
-    .expect("the wait");
+    wait_for_file(&front, true, "the reload makes the socket file").await;
     let again = unix_exchange(&front, b"after the reload")
         .await
         .expect("an echo over the re-added forward");

@@ -295,10 +295,18 @@ pub fn wait_ready(admin: SocketAddr, what: &str, limit: Duration) {
 /// far end closes. A read error (an RST) is an error; a clean end returns
 /// whatever came back, short or not.
 pub async fn exchange(forward: SocketAddr, data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut c = tokio::net::TcpStream::connect(forward)
+    let c = tokio::net::TcpStream::connect(forward)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut r, mut w) = c.split();
+    exchange_over(c, data).await
+}
+
+/// [`exchange`] over a connection already made (TCP, a Unix socket).
+pub async fn exchange_over(
+    c: impl tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    data: &[u8],
+) -> Result<Vec<u8>, String> {
+    let (mut r, mut w) = tokio::io::split(c);
     let write = async {
         w.write_all(data).await?;
         w.shutdown().await
