@@ -683,9 +683,12 @@ async fn a_handshake_flood_from_strangers_costs_little_and_spares_known_peers() 
     let a_admin = s.a_admin;
     let ready = |limit| tokio::task::spawn_blocking(move || wait_ready(a_admin, "node a", limit));
     ready(Duration::from_secs(20)).await.unwrap();
+    // The idle rate, once the start's work is done (reported only: the
+    // budget below holds for b's CPU in all).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let idle0 = b.cpu_secs();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_per_sec = (b.cpu_secs() - idle0) / 2.0;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_per_sec = (b.cpu_secs() - idle0) / 3.0;
 
     // Flood one: 10 s from 127.0.0.2; node a is killed and restarted in
     // the middle of it and must reconnect as fast as ever.
@@ -704,7 +707,8 @@ async fn a_handshake_flood_from_strangers_costs_little_and_spares_known_peers() 
     ready(Duration::from_secs(10)).await.unwrap();
     let reconnect = restarted.elapsed();
     let started = flooding.await.unwrap();
-    let flood_cpu = b.cpu_secs() - cpu0 - idle_per_sec * 10.0;
+    // All of b's CPU in those 10 s, its idle work (reported) included.
+    let flood_cpu = b.cpu_secs() - cpu0;
 
     // The same flood at a node without the gate: the baseline.
     let ungated_dir = tempfile::tempdir().unwrap();
@@ -764,30 +768,41 @@ async fn a_handshake_flood_from_strangers_costs_little_and_spares_known_peers() 
     let per = flood_cpu * 1e6 / started as f64;
     let per_ungated = ungated_cpu * 1e6 / started_ungated as f64;
     println!(
-        "flood: {started} + {started2} handshakes started; node b spent {flood_cpu:.3} s of CPU on the first \
-         ({per:.1} us each; a node without the gate {per_ungated:.1} us each, {started_ungated} in 5 s); \
+        "flood: {started} + {started2} handshakes started; node b spent {flood_cpu:.3} s of CPU during the first \
+         ({per:.1} us per attempt; a node without the gate {per_ungated:.1} us each, {started_ungated} in 5 s); \
          {} full handshakes failed, ignored {}, retried {}, refused {}; \
-         restarted peer ready in {reconnect:?}; neighbour {unloaded:.0} (flood into a sink) -> {flooded:.0} req/s (flood into the node) ({:.2})",
+         b idle {:.3} s per 10 s; restarted peer ready in {reconnect:?}; neighbour {unloaded:.0} (flood into a sink) -> {flooded:.0} req/s (flood into the node) ({:.2})",
         failures,
         gate("ignored"),
         gate("retried"),
         gate("refused"),
+        idle_per_sec * 10.0,
         flooded / unloaded
     );
     assert!(
         started as f64 >= 300.0 * 10.0 * 0.9,
         "the flood ran at {started} per 10 s"
     );
-    // The issue's absolute budget (0.2 s in all) is not met on this
-    // machine: see the README's security table. What the gate must do is
-    // cut the cost of an unknown peer's handshake, measured in this run.
+    assert!(
+        flood_cpu <= 0.2,
+        "node b spent {flood_cpu:.3} s of CPU on 10 s of flood"
+    );
     assert!(
         per <= 0.5 * per_ungated,
         "the gate cut a refused handshake's cost only from {per_ungated:.1} to {per:.1} us"
     );
+    // Each flood's source got `failures_per_source` (5) full handshakes
+    // per period (the first may end just before its flood does), and those
+    // already under way when a period started; the rest of its Initials
+    // were dropped (by the kernel: they are in no counter).
     assert!(
-        gate("ignored") > 0.9 * started as f64 - 20.0,
-        "most Initials were ignored"
+        failures <= 30.0,
+        "{failures} full handshakes failed in two floods of {} attempts",
+        started + started2
+    );
+    assert!(
+        metric(&m, "peerpool_handshake_sources_cooling", &[]).unwrap_or(0.0) >= 1.0,
+        "the second flood's source cools off: {m}"
     );
     assert!(
         reconnect <= Duration::from_secs(2),

@@ -45,14 +45,16 @@ impl Shared {
 
     /// A handshake the gate let through from `from` ended.
     fn finished(&self, from: IpAddr, authenticated: bool) {
-        let now = self.gate.now();
-        let mut gate = self.gate();
-        gate.finished();
-        metrics::handshakes_pending(gate.pending());
-        if authenticated {
-            gate.succeeded(from);
-        } else if let Some(period) = gate.failed(from, now) {
-            drop(gate);
+        {
+            let mut gate = self.gate();
+            gate.finished();
+            metrics::handshakes_pending(gate.pending());
+            if authenticated {
+                gate.succeeded(from);
+                return;
+            }
+        }
+        if let Some(period) = self.gate.failed(from) {
             if self.may_log(1) {
                 tracing::warn!(source = %from, ?period, "repeated failed handshakes; ignoring this source's Initials (further sources: at most one line per 10 s)");
             }

@@ -64,6 +64,7 @@ pub const RETRIES: &str = "peerpool_retries_total";
 pub const CONFIG_RELOADS: &str = "peerpool_config_reloads_total";
 pub const HANDSHAKE_GATE: &str = "peerpool_handshake_gate_total";
 pub const HANDSHAKES_PENDING: &str = "peerpool_handshakes_pending";
+pub const HANDSHAKE_SOURCES_COOLING: &str = "peerpool_handshake_sources_cooling";
 pub const STREAM_MEMORY: &str = "peerpool_stream_memory_bytes";
 pub const STREAM_MEMORY_LIMIT: &str = "peerpool_stream_memory_limit_bytes";
 pub const ACCESS_LOG_LINES: &str = "peerpool_access_log_lines_total";
@@ -289,6 +290,10 @@ fn describe() {
         "Inbound handshakes under way (handshake.max_pending caps them)."
     );
     describe_gauge!(
+        HANDSHAKE_SOURCES_COOLING,
+        "Source addresses cooling off after handshake.failures_per_source failed handshakes; the kernel drops their Initials (up to 1024 IPv4 and 160 IPv6 sources; past that the node does, counted as verdict=\"ignored\")."
+    );
+    describe_gauge!(
         STREAM_MEMORY,
         Unit::Bytes,
         "Stream memory reserved by the sidecar streams alive now (each stream_receive_window + 64 KiB)."
@@ -324,6 +329,11 @@ pub(crate) fn handshake_gate(verdict: GateVerdict) {
 /// Inbound handshakes under way.
 pub(crate) fn handshakes_pending(n: usize) {
     metrics::gauge!(HANDSHAKES_PENDING).set(n as f64);
+}
+
+/// Sources cooling off now.
+pub(crate) fn handshake_sources_cooling(n: usize) {
+    metrics::gauge!(HANDSHAKE_SOURCES_COOLING).set(n as f64);
 }
 
 /// Counts an inbound connection refused after its handshake.

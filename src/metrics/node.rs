@@ -16,6 +16,9 @@ pub(crate) struct NodeMetrics {
     restarts: LabelledCounter<ActorKind>,
     reloads: LabelledCounter<ReloadResult>,
     peers: Vec<Gauge>,
+    /// Set where they change (`handshakes_pending`,
+    /// `handshake_sources_cooling`); held here to be kept alive.
+    handshakes: [Gauge; 2],
     pub(crate) ready: Gauge,
 }
 
@@ -39,6 +42,10 @@ impl NodeMetrics {
                 .iter()
                 .map(|s| metrics::gauge!(PEERS, "state" => s.as_str()))
                 .collect(),
+            handshakes: [
+                metrics::gauge!(HANDSHAKES_PENDING),
+                metrics::gauge!(HANDSHAKE_SOURCES_COOLING),
+            ],
             ready: metrics::gauge!(READY),
         }
     }
@@ -49,7 +56,7 @@ impl NodeMetrics {
         self.gate.touch();
         self.restarts.touch();
         self.reloads.touch();
-        for g in &self.peers {
+        for g in self.peers.iter().chain(&self.handshakes) {
             g.increment(0.0);
         }
         self.ready.increment(0.0);

@@ -129,6 +129,23 @@ impl Gate {
             .is_some_and(|until| now < until)
     }
 
+    /// The sources cooling off at `now`, in address order, and when the
+    /// first of their periods ends (when this list next shrinks).
+    pub fn cooling_off(&self, now: Time) -> (Vec<IpAddr>, Option<Time>) {
+        let mut next: Option<Time> = None;
+        let mut cooling: Vec<IpAddr> = self
+            .sources
+            .iter()
+            .filter_map(|(addr, s)| {
+                let until = s.until.filter(|&until| now < until)?;
+                next = Some(next.map_or(until, |n| n.min(until)));
+                Some(*addr)
+            })
+            .collect();
+        cooling.sort_unstable();
+        (cooling, next)
+    }
+
     /// A handshake let through by `admit` ended, either way.
     pub fn finished(&mut self) {
         self.pending = self.pending.saturating_sub(1);
@@ -245,6 +262,29 @@ mod tests {
         // A success forgets the source's record.
         g.succeeded(BAD);
         assert_eq!(g.sources(), 0);
+    }
+
+    #[test]
+    fn the_cooling_list_names_each_source_until_its_period_ends() {
+        let mut g = gate(|c| {
+            c.failures_per_source = 1;
+            c.cooloff = Duration::from_secs(10);
+        });
+        assert_eq!(g.cooling_off(secs(0.0)), (vec![], None));
+        g.failed(BAD, secs(0.0));
+        g.failed(GOOD, secs(4.0));
+        // A failure below the threshold starts nothing.
+        let mut h = gate(|c| c.failures_per_source = 2);
+        h.failed(BAD, secs(0.0));
+        assert_eq!(h.cooling_off(secs(0.0)), (vec![], None));
+
+        assert_eq!(
+            g.cooling_off(secs(5.0)),
+            (vec![GOOD, BAD], Some(secs(10.0))),
+            "address order; the first period to end"
+        );
+        assert_eq!(g.cooling_off(secs(10.0)), (vec![GOOD], Some(secs(14.0))));
+        assert_eq!(g.cooling_off(secs(14.0)), (vec![], None));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - Initial packets from a source address that cools off (`pool::gate`)
 //!   are dropped here, before quinn parses or decrypts them: an attacker
 //!   that failed too often costs one byte compare and one table lookup per
-//!   datagram.
+//!   datagram. The kernel's filter (`super::bpf`) drops them before this
+//!   as soon as it lists the source; this catches the rest.
 //! - GRO batches are split here, one datagram per buffer handed to quinn.
 //!   quinn copies each buffer into one allocation shared by the datagrams
 //!   in it, so a stream that is not read would keep a whole 64 KiB batch
@@ -32,6 +33,9 @@ use crate::pool::Time;
 pub(crate) struct GateHandle {
     gate: Mutex<Gate>,
     epoch: Instant,
+    /// Told when a cooling-off period starts, and when the socket is
+    /// dropped: the kernel's filter (`super::bpf`) follows.
+    changed: tokio::sync::Notify,
 }
 
 impl GateHandle {
@@ -39,7 +43,23 @@ impl GateHandle {
         Arc::new(GateHandle {
             gate: Mutex::new(Gate::new(config)),
             epoch: Instant::now(),
+            changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A handshake from `from` failed to authenticate (`Gate::failed`).
+    pub(crate) fn failed(&self, from: std::net::IpAddr) -> Option<std::time::Duration> {
+        let period = self.lock().failed(from, self.now());
+        if period.is_some() {
+            self.changed.notify_one();
+        }
+        period
+    }
+
+    /// Completes at the next [`GateHandle::failed`] that starts a period
+    /// (or at once if one did since the last call).
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Gate> {
@@ -79,8 +99,17 @@ struct Staging {
 
 pub(crate) struct Filtered {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// The same socket, for its kernel filter (`super::bpf`).
+    kernel: Option<std::net::UdpSocket>,
     gate: Arc<GateHandle>,
     staging: Mutex<Staging>,
+}
+
+impl Drop for Filtered {
+    fn drop(&mut self) {
+        // `bpf::keep_in_step` ends when it finds the socket gone.
+        self.gate.changed.notify_one();
+    }
 }
 
 impl fmt::Debug for Filtered {
@@ -92,9 +121,16 @@ impl fmt::Debug for Filtered {
 }
 
 impl Filtered {
-    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, gate: Arc<GateHandle>) -> Filtered {
+    /// `kernel` is the socket under `inner` (a clone of its descriptor),
+    /// if the kernel is to drop Initials of sources cooling off too.
+    pub(crate) fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        kernel: Option<std::net::UdpSocket>,
+        gate: Arc<GateHandle>,
+    ) -> Filtered {
         Filtered {
             inner,
+            kernel,
             gate,
             staging: Mutex::new(Staging {
                 buf: vec![0u8; STAGE_BUFFERS * STAGE_LEN].into_boxed_slice(),
@@ -136,6 +172,17 @@ impl Filtered {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Replaces the socket's kernel filter with `program`.
+    pub(crate) fn set_kernel_filter(&self, program: &[socket2::SockFilter]) -> io::Result<()> {
+        match &self.kernel {
+            Some(socket) => socket2::SockRef::from(socket).attach_filter(program),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no kernel filter on this socket",
+            )),
+        }
     }
 
     fn drops(&self, datagram: &[u8], from: SocketAddr) -> bool {

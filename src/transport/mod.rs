@@ -6,6 +6,7 @@
 //! System's): quinn spawns its drivers on the runtime that creates it, and
 //! they die with that runtime.
 
+pub(crate) mod bpf;
 pub mod codes;
 pub(crate) mod control;
 pub(crate) mod filter;
@@ -125,9 +126,13 @@ pub(crate) fn endpoint_trusting(
 
     let server = server_config(node, identity, policy, trust)?;
     let runtime = quinn::default_runtime().ok_or(BindError::NoRuntime)?;
+    // Without a second descriptor the process still drops what the
+    // kernel would have.
+    let kernel = udp.try_clone().ok();
     let inner = runtime.wrap_udp_socket(udp).map_err(socket_err)?;
     let gate = gate.unwrap_or_else(|| GateHandle::new(HandshakeConfig::default().gate_rules()));
-    let socket = Arc::new(filter::Filtered::new(inner, gate));
+    let socket = Arc::new(filter::Filtered::new(inner, kernel, gate.clone()));
+    tokio::spawn(bpf::keep_in_step(Arc::downgrade(&socket), gate));
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(identity),
         Some(server),
