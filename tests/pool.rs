@@ -422,6 +422,45 @@ async fn a_peer_with_another_identity_never_becomes_healthy() {
 }
 
 #[actix_rt::test]
+async fn a_peer_refused_until_it_is_added_is_not_kept_out_by_its_cooling_off() {
+    init_tracing();
+    let metrics = peerpool::metrics::install();
+    let cooling = || metric(&metrics.render(), "peerpool_handshake_sources_cooling", &[]);
+    let mut cfg = config(2, Strategy::RoundRobin);
+    cfg.handshake.failures_per_source = 2;
+    cfg.handshake.cooloff = Duration::from_secs(600);
+    let sb = udp();
+    let b_addr = sb.local_addr().unwrap();
+    let idb = Identity::generate().unwrap();
+    let b = Pool::start_with_socket(cfg.clone(), idb.clone(), echo(), sb).unwrap();
+    // d pins b, b does not list d yet (d's new id is not rolled out):
+    // b refuses d twice and then ignores its address for 10 minutes.
+    let mut cd = cfg.clone();
+    cd.pool.connection_timeout = Duration::from_secs_f64(0.5);
+    cd.retry.max_delay = Duration::from_secs_f64(1.0);
+    cd.peers = vec![PeerConfig::pinned("b", idb.id, Some(b_addr))];
+    let idd = Identity::generate().unwrap();
+    let d = Pool::start_with_socket(cd, idd.clone(), echo(), udp()).unwrap();
+    wait_for("b cools d's address off", SETTLE, || cooling() == Some(1.0)).await;
+    // The roll-out reaches b (a reload or POST /peers): d gets in within
+    // its next redials, not after the 10 minutes.
+    b.add_peer(PeerConfig::pinned("d", idd.id, None))
+        .await
+        .unwrap();
+    wait_for(
+        "the kernel's filter follows",
+        Duration::from_secs(1),
+        || cooling() == Some(0.0),
+    )
+    .await;
+    wait_for("d connected to b", Duration::from_secs(5), || {
+        usable(&d, &idb.id) == 2
+    })
+    .await;
+    assert_eq!(echo_once(&d, &idb.id, b"in").await.unwrap(), b"in");
+}
+
+#[actix_rt::test]
 async fn unknown_peers_are_admitted_only_when_allowed() {
     init_tracing();
     let mut cfg = config(2, Strategy::RoundRobin);

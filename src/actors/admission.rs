@@ -63,13 +63,9 @@ impl Shared {
 }
 
 /// Accepts inbound connections until the endpoint closes.
-pub(crate) async fn accept_loop(
-    node: Arc<NodeContext>,
-    gate: Arc<GateHandle>,
-    admit: Recipient<Inbound>,
-) {
+pub(crate) async fn accept_loop(node: Arc<NodeContext>, admit: Recipient<Inbound>) {
     let shared = Arc::new(Shared {
-        gate,
+        gate: node.gate.clone(),
         quiet: Mutex::new([None; 2]),
     });
     while let Some(incoming) = node.endpoint.accept().await {

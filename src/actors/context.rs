@@ -31,6 +31,8 @@ pub(crate) struct NodeContext {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) local_addr: SocketAddr,
     pub(crate) registry: Arc<Registry>,
+    /// The handshake gate, shared with the endpoint's socket.
+    pub(crate) gate: Arc<crate::transport::GateHandle>,
     pub(crate) handler: Arc<dyn StreamHandler>,
     pub(crate) retry: RetryPolicy,
     pub(crate) ejection: EjectionPolicy,
@@ -54,6 +56,7 @@ impl NodeContext {
         endpoint: quinn::Endpoint,
         local_addr: SocketAddr,
         registry: Arc<Registry>,
+        gate: Arc<crate::transport::GateHandle>,
         handler: Arc<dyn StreamHandler>,
     ) -> NodeContext {
         let transport = Arc::new(crate::transport::transport_config(&config.node));
@@ -66,6 +69,7 @@ impl NodeContext {
             endpoint,
             local_addr,
             registry,
+            gate,
             handler,
             epoch: Instant::now(),
             next_conn: AtomicU64::new(1),

@@ -99,14 +99,11 @@ impl Pool {
             endpoint,
             local_addr,
             registry,
+            gate,
             handler,
         ));
         let supervisor = Supervisor::start(node.clone())?;
-        tokio::spawn(accept_loop(
-            node.clone(),
-            gate,
-            supervisor.clone().recipient(),
-        ));
+        tokio::spawn(accept_loop(node.clone(), supervisor.clone().recipient()));
         tracing::info!(id = %node.local_id(), listen = %local_addr, "pool started");
         Ok(Pool { node, supervisor })
     }
@@ -282,14 +279,31 @@ impl Pool {
 
     /// Adds a peer at run time; it is dialled at once if it has an address.
     pub async fn add_peer(&self, peer: PeerConfig) -> Result<(), PoolError> {
-        self.supervisor.send(AddPeer(peer)).await?
+        self.supervisor.send(AddPeer(peer)).await??;
+        self.forgive_sources("a peer was added");
+        Ok(())
     }
 
     /// Gives a peer a new configuration (a reload): an actor with it takes
     /// the peer at once; the old one's connections are retired without
     /// losing a stream.
     pub async fn replace_peer(&self, peer: PeerConfig) -> Result<(), PoolError> {
-        self.supervisor.send(ReplacePeer(peer)).await?
+        self.supervisor.send(ReplacePeer(peer)).await??;
+        self.forgive_sources("a peer was changed");
+        Ok(())
+    }
+
+    /// Who may connect changed: sources that failed against the old rules
+    /// (a peer whose new id was not known yet) are not kept out for up to
+    /// an hour by their cooling-off period.
+    fn forgive_sources(&self, why: &str) {
+        let forgiven = self.node.gate.forgive_all();
+        if forgiven > 0 {
+            tracing::info!(
+                forgiven,
+                "{why}: sources cooling off after failed handshakes may try again"
+            );
+        }
     }
 
     /// The identity and trust new connections use now.
@@ -310,7 +324,11 @@ impl Pool {
         )
         .map_err(|e| PoolError::Start(transport::BindError::Tls(e)))?;
         self.node.endpoint.set_server_config(Some(server));
+        let trust_changed = self.node.tls().trust != trust;
         self.node.set_tls(TlsState { identity, trust });
+        if trust_changed {
+            self.forgive_sources("[trust] changed");
+        }
         Ok(())
     }
 

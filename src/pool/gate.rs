@@ -8,7 +8,10 @@
 //!   to let it start.
 //! - [`Gate::failed`] and [`Gate::succeeded`] record how a handshake from
 //!   a source ended: `failures_per_source` failures in a row start a
-//!   cooling-off period that doubles with each repeat, up to an hour.
+//!   cooling-off period that doubles with each repeat, up to an hour; a
+//!   source that then keeps quiet as long as its last period starts from
+//!   the first again. [`Gate::forgive_all`] forgets every source when what
+//!   they failed against changes.
 //!
 //! Pure: time is handed in, the table of sources is bounded.
 
@@ -169,9 +172,15 @@ impl Gate {
                 return None;
             }
         }
+        let cooloff = self.config.cooloff;
         let s = self.sources.entry(from).or_default();
-        if s.until.is_some_and(|until| now >= until) {
-            // Served its period: counts again from zero, remembers strikes.
+        if let Some(until) = s.until.filter(|&until| now >= until) {
+            // Served its period: counts again from zero. It remembers its
+            // strikes unless it then kept quiet as long as that period.
+            let served = period(cooloff, s.strikes.saturating_sub(1));
+            if now >= until + served {
+                s.strikes = 0;
+            }
             s.until = None;
             s.failures = 0;
         }
@@ -179,16 +188,19 @@ impl Gate {
         if s.failures < k {
             return None;
         }
-        let period = self
-            .config
-            .cooloff
-            .checked_mul(1u32 << s.strikes.min(20))
-            .unwrap_or(MAX_COOLOFF)
-            .min(MAX_COOLOFF);
+        let period = period(cooloff, s.strikes);
         s.strikes = s.strikes.saturating_add(1);
         s.failures = 0;
         s.until = Some(now + period);
         Some(period)
+    }
+
+    /// Forgets every source: what they failed against (the peers, the
+    /// trusted CAs) changed. Returns how many were cooling off at `now`.
+    pub fn forgive_all(&mut self, now: Time) -> usize {
+        let cooling = self.cooling_off(now).0.len();
+        self.sources.clear();
+        cooling
     }
 
     /// A handshake from `from` authenticated: its record is cleared.
@@ -200,6 +212,15 @@ impl Gate {
     pub fn sources(&self) -> usize {
         self.sources.len()
     }
+}
+
+/// The cooling-off period after `strikes` earlier ones: `cooloff` doubled
+/// that often, at most [`MAX_COOLOFF`].
+fn period(cooloff: Duration, strikes: u32) -> Duration {
+    cooloff
+        .checked_mul(1u32 << strikes.min(20))
+        .unwrap_or(MAX_COOLOFF)
+        .min(MAX_COOLOFF)
 }
 
 #[cfg(test)]
@@ -285,6 +306,29 @@ mod tests {
         );
         assert_eq!(g.cooling_off(secs(10.0)), (vec![GOOD], Some(secs(14.0))));
         assert_eq!(g.cooling_off(secs(14.0)), (vec![], None));
+    }
+
+    #[test]
+    fn strikes_are_forgotten_after_a_quiet_period_and_all_on_a_change() {
+        let mut g = gate(|c| {
+            c.failures_per_source = 1;
+            c.cooloff = Duration::from_secs(10);
+        });
+        assert_eq!(g.failed(BAD, secs(0.0)), Some(Duration::from_secs(10)));
+        // Back right after its period: doubled.
+        assert_eq!(g.failed(BAD, secs(10.0)), Some(Duration::from_secs(20)));
+        // Quiet for the 20 s after its 20 s period ended (at 30): the
+        // next period is the first one again.
+        assert_eq!(g.failed(BAD, secs(49.9)), Some(Duration::from_secs(40)));
+        assert_eq!(
+            g.failed(BAD, secs(89.9 + 40.0)),
+            Some(Duration::from_secs(10))
+        );
+
+        g.failed(GOOD, secs(200.0));
+        assert_eq!(g.forgive_all(secs(205.0)), 1, "GOOD was cooling off");
+        assert_eq!(g.sources(), 0);
+        assert_eq!(g.admit(GOOD, true, secs(205.0)), Verdict::Accept);
     }
 
     #[test]

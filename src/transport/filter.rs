@@ -56,8 +56,17 @@ impl GateHandle {
         period
     }
 
+    /// Forgets every source (`Gate::forgive_all`); returns how many were
+    /// cooling off.
+    pub(crate) fn forgive_all(&self) -> usize {
+        let forgiven = self.lock().forgive_all(self.now());
+        self.changed.notify_one();
+        forgiven
+    }
+
     /// Completes at the next [`GateHandle::failed`] that starts a period
-    /// (or at once if one did since the last call).
+    /// or [`GateHandle::forgive_all`] (or at once if one came since the
+    /// last call).
     pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
