@@ -49,8 +49,8 @@ pub mod transport;
 #[cfg(feature = "test-util")]
 pub use actors::CoreView;
 pub use actors::{
-    ConnectionInfo, EndpointInfo, IncomingStream, PeerStatus, Pool, PoolError, PooledRecv,
-    PooledSend, PooledStream, StreamHandler, StreamOutcome,
+    ConnectionInfo, CoolingSource, EndpointInfo, IncomingStream, PeerStatus, Pool, PoolError,
+    PooledRecv, PooledSend, PooledStream, StreamHandler, StreamOutcome,
 };
 pub use identity::PeerId;
 pub use pool::{Direction, EndpointState, PeerState, Strategy};

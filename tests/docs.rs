@@ -185,6 +185,8 @@ fn readme_documents_every_metric_status_and_command() {
         "GET /peers",
         "POST /peers",
         "DELETE /peers/{name}",
+        "GET /gate",
+        "DELETE /gate",
         "POST /reload",
     ] {
         assert!(

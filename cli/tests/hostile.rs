@@ -804,6 +804,23 @@ async fn a_handshake_flood_from_strangers_costs_little_and_spares_known_peers() 
         metric(&m, "peerpool_handshake_sources_cooling", &[]).unwrap_or(0.0) >= 1.0,
         "the second flood's source cools off: {m}"
     );
+    // The operator sees who is ignored, and can let them all in again.
+    let admin = Admin::new(s.b_admin);
+    let listed: Vec<peerpool::CoolingSource> =
+        serde_json::from_str(&admin.get("/gate").body).unwrap();
+    let second = listed
+        .iter()
+        .find(|c| c.source == std::net::IpAddr::from([127, 0, 0, 3]))
+        .unwrap_or_else(|| panic!("127.0.0.3 is not in GET /gate: {listed:?}"));
+    assert!(
+        second.periods == 1 && second.remaining_seconds > 0.0 && second.remaining_seconds <= 10.0,
+        "{second:?}"
+    );
+    let forgiven = admin.call("DELETE", "/gate", None);
+    assert_eq!(forgiven.status, 200, "{}", forgiven.body);
+    let n: serde_json::Value = serde_json::from_str(&forgiven.body).unwrap();
+    assert_eq!(n["forgiven"], listed.len(), "{n}");
+    assert_eq!(admin.get("/gate").body, "[]");
     assert!(
         reconnect <= Duration::from_secs(2),
         "reconnected after {reconnect:?}"

@@ -297,13 +297,34 @@ impl Pool {
     /// (a peer whose new id was not known yet) are not kept out for up to
     /// an hour by their cooling-off period.
     fn forgive_sources(&self, why: &str) {
-        let forgiven = self.node.gate.forgive_all();
+        let forgiven = self.forgive_all_sources();
         if forgiven > 0 {
             tracing::info!(
                 forgiven,
                 "{why}: sources cooling off after failed handshakes may try again"
             );
         }
+    }
+
+    /// The source addresses whose Initials are ignored now, in address
+    /// order (`handshake.failures_per_source`).
+    pub fn cooling_sources(&self) -> Vec<super::CoolingSource> {
+        self.node
+            .gate
+            .cooling_off()
+            .into_iter()
+            .map(|(c, left)| super::CoolingSource {
+                source: c.source,
+                remaining_seconds: left.as_secs_f64(),
+                periods: c.periods,
+            })
+            .collect()
+    }
+
+    /// Lets every source try again at once and forgets their failures
+    /// (`DELETE /gate`). Returns how many were cooling off.
+    pub fn forgive_all_sources(&self) -> usize {
+        self.node.gate.forgive_all()
     }
 
     /// The identity and trust new connections use now.

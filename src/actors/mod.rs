@@ -48,7 +48,7 @@ pub use error::PoolError;
 pub use handle::Pool;
 #[cfg(feature = "test-util")]
 pub use inspect::CoreView;
-pub use status::{ConnectionInfo, EndpointInfo, PeerStatus};
+pub use status::{ConnectionInfo, CoolingSource, EndpointInfo, PeerStatus};
 pub use streams::{
     IncomingStream, PooledRecv, PooledSend, PooledStream, StreamHandler, StreamOutcome,
 };

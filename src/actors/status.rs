@@ -54,6 +54,18 @@ pub struct EndpointInfo {
     pub ejected_for: Option<f64>,
 }
 
+/// A source address whose Initials the node ignores now, after
+/// `handshake.failures_per_source` failed handshakes (`GET /gate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoolingSource {
+    pub source: std::net::IpAddr,
+    /// Seconds until its Initials are let through again.
+    pub remaining_seconds: f64,
+    /// Its cooling-off periods in a row, this one included: the period
+    /// is `handshake.cooloff` doubled one time less than this.
+    pub periods: u32,
+}
+
 /// One peer as the admin API and `Pool::peers` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {

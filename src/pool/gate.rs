@@ -67,6 +67,16 @@ pub enum Verdict {
     Accept,
 }
 
+/// A source cooling off (`Gate::cooling_off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cooling {
+    pub source: IpAddr,
+    /// When its Initials are let through again.
+    pub until: Time,
+    /// Its cooling-off periods in a row, this one included.
+    pub periods: u32,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Source {
     failures: u32,
@@ -132,21 +142,21 @@ impl Gate {
             .is_some_and(|until| now < until)
     }
 
-    /// The sources cooling off at `now`, in address order, and when the
-    /// first of their periods ends (when this list next shrinks).
-    pub fn cooling_off(&self, now: Time) -> (Vec<IpAddr>, Option<Time>) {
-        let mut next: Option<Time> = None;
-        let mut cooling: Vec<IpAddr> = self
+    /// The sources cooling off at `now`, in address order.
+    pub fn cooling_off(&self, now: Time) -> Vec<Cooling> {
+        let mut cooling: Vec<Cooling> = self
             .sources
             .iter()
             .filter_map(|(addr, s)| {
-                let until = s.until.filter(|&until| now < until)?;
-                next = Some(next.map_or(until, |n| n.min(until)));
-                Some(*addr)
+                Some(Cooling {
+                    source: *addr,
+                    until: s.until.filter(|&until| now < until)?,
+                    periods: s.strikes,
+                })
             })
             .collect();
-        cooling.sort_unstable();
-        (cooling, next)
+        cooling.sort_unstable_by_key(|c| c.source);
+        cooling
     }
 
     /// A handshake let through by `admit` ended, either way.
@@ -198,7 +208,7 @@ impl Gate {
     /// Forgets every source: what they failed against (the peers, the
     /// trusted CAs) changed. Returns how many were cooling off at `now`.
     pub fn forgive_all(&mut self, now: Time) -> usize {
-        let cooling = self.cooling_off(now).0.len();
+        let cooling = self.cooling_off(now).len();
         self.sources.clear();
         cooling
     }
@@ -291,21 +301,29 @@ mod tests {
             c.failures_per_source = 1;
             c.cooloff = Duration::from_secs(10);
         });
-        assert_eq!(g.cooling_off(secs(0.0)), (vec![], None));
+        let sources = |g: &Gate, now| -> Vec<(IpAddr, Time, u32)> {
+            g.cooling_off(now)
+                .iter()
+                .map(|c| (c.source, c.until, c.periods))
+                .collect()
+        };
+        assert_eq!(sources(&g, secs(0.0)), vec![]);
         g.failed(BAD, secs(0.0));
         g.failed(GOOD, secs(4.0));
         // A failure below the threshold starts nothing.
         let mut h = gate(|c| c.failures_per_source = 2);
         h.failed(BAD, secs(0.0));
-        assert_eq!(h.cooling_off(secs(0.0)), (vec![], None));
+        assert_eq!(sources(&h, secs(0.0)), vec![]);
 
         assert_eq!(
-            g.cooling_off(secs(5.0)),
-            (vec![GOOD, BAD], Some(secs(10.0))),
-            "address order; the first period to end"
+            sources(&g, secs(5.0)),
+            vec![(GOOD, secs(14.0), 1), (BAD, secs(10.0), 1)],
+            "address order"
         );
-        assert_eq!(g.cooling_off(secs(10.0)), (vec![GOOD], Some(secs(14.0))));
-        assert_eq!(g.cooling_off(secs(14.0)), (vec![], None));
+        assert_eq!(sources(&g, secs(10.0)), vec![(GOOD, secs(14.0), 1)]);
+        assert_eq!(sources(&g, secs(14.0)), vec![]);
+        g.failed(GOOD, secs(14.0));
+        assert_eq!(sources(&g, secs(14.0)), vec![(GOOD, secs(34.0), 2)]);
     }
 
     #[test]

@@ -129,6 +129,8 @@ fn serve(
             .route("/peers", web::post().to(add_peer))
             .route("/peers/{name}", web::delete().to(remove_peer))
             .route("/reload", web::post().to(reload))
+            .route("/gate", web::get().to(list_cooling))
+            .route("/gate", web::delete().to(forgive_cooling))
             .default_service(web::to(|| async {
                 error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
             }))
@@ -275,6 +277,19 @@ async fn config(state: web::Data<AdminState>) -> HttpResponse {
 
 async fn list_peers(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok().json(state.pool.peers())
+}
+
+/// The sources whose Initials are ignored now.
+async fn list_cooling(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.pool.cooling_sources())
+}
+
+/// Lets them all try again: for the operator who fixed what made a peer
+/// fail before any reload could tell the node.
+async fn forgive_cooling(state: web::Data<AdminState>) -> HttpResponse {
+    let forgiven = state.pool.forgive_all_sources();
+    tracing::info!(forgiven, "DELETE /gate: every source may try again");
+    HttpResponse::Ok().json(serde_json::json!({ "forgiven": forgiven }))
 }
 
 async fn add_peer(state: web::Data<AdminState>, body: web::Json<PeerConfig>) -> HttpResponse {

@@ -63,11 +63,10 @@ fn op(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
 pub(crate) fn program(sources: &[IpAddr]) -> Vec<SockFilter> {
     let mut v4: Vec<Ipv4Addr> = Vec::new();
     let mut v6: Vec<Ipv6Addr> = Vec::new();
-    for source in sources {
-        match source.to_canonical() {
-            IpAddr::V4(a) if v4.len() < MAX_V4 => v4.push(a),
-            IpAddr::V6(a) if v6.len() < MAX_V6 => v6.push(a),
-            _ => {}
+    for source in within_limits(sources) {
+        match source {
+            IpAddr::V4(a) => v4.push(a),
+            IpAddr::V6(a) => v6.push(a),
         }
     }
     let mut p = vec![
@@ -110,29 +109,73 @@ pub(crate) fn program(sources: &[IpAddr]) -> Vec<SockFilter> {
     p
 }
 
+/// Installs the program for as many of `sources` as the kernel takes,
+/// halving the list until it fits (a socket's filter is charged to its
+/// option memory, `net.core.optmem_max`: 20 KiB on older kernels). Returns
+/// how many it holds.
+fn install(socket: &Filtered, sources: &[IpAddr]) -> std::io::Result<usize> {
+    let mut take = within_limits(sources);
+    loop {
+        match socket.set_kernel_filter(&program(&take)) {
+            Ok(()) => return Ok(take.len()),
+            Err(e) if take.is_empty() => return Err(e),
+            Err(_) => take.truncate(take.len() / 2),
+        }
+    }
+}
+
+/// The first [`MAX_V4`] IPv4 and [`MAX_V6`] IPv6 of `sources`, IPv4-mapped
+/// ones as IPv4.
+fn within_limits(sources: &[IpAddr]) -> Vec<IpAddr> {
+    let mut room = (MAX_V4, MAX_V6);
+    sources
+        .iter()
+        .map(|s| s.to_canonical())
+        .filter(|s| {
+            let left = if s.is_ipv4() {
+                &mut room.0
+            } else {
+                &mut room.1
+            };
+            let fits = *left > 0;
+            *left = left.saturating_sub(1);
+            fits
+        })
+        .collect()
+}
+
 /// Keeps the socket's filter equal to the gate's list of sources cooling
 /// off, until the socket is gone: rebuilds it when a period starts (the
 /// gate says so) and when the first one ends.
 pub(crate) async fn keep_in_step(socket: Weak<Filtered>, gate: Arc<GateHandle>) {
-    let mut installed: Vec<IpAddr> = Vec::new();
+    // The list the filter was last built from.
+    let mut built: Vec<IpAddr> = Vec::new();
+    // One line per process: the cause (the kernel's limits) stays.
     let mut warned = false;
     loop {
         let now = gate.now();
-        let (cooling, next) = gate.lock().cooling_off(now);
+        let all = gate.lock().cooling_off(now);
+        let next = all.iter().map(|c| c.until).min();
+        let cooling: Vec<IpAddr> = all.iter().map(|c| c.source).collect();
         crate::metrics::handshake_sources_cooling(cooling.len());
-        if cooling != installed {
+        if cooling != built {
             let Some(socket) = socket.upgrade() else {
                 return;
             };
-            match socket.set_kernel_filter(&program(&cooling)) {
-                Ok(()) => installed = cooling,
-                // Still dropped by `Filtered`, at a higher cost.
+            // What the kernel does not drop, `Filtered` still does, at the
+            // cost of reading it.
+            match install(&socket, &cooling) {
+                Ok(held) if held < cooling.len() && !warned => {
+                    warned = true;
+                    tracing::warn!(held, cooling = cooling.len(), "the socket filter holds only some of the sources cooling off (at most 1024 IPv4 and 160 IPv6, fewer when net.core.optmem_max is small); the node drops the others' Initials itself");
+                }
                 Err(e) if !warned => {
                     warned = true;
-                    tracing::warn!(error = %e, "cannot install the socket filter for sources cooling off; their Initials are dropped in the process instead");
+                    tracing::warn!(error = %e, "cannot install the socket filter for sources cooling off; the node drops their Initials itself");
                 }
-                Err(_) => {}
+                _ => {}
             }
+            built = cooling;
         }
         let changed = gate.changed();
         match next {
@@ -258,6 +301,9 @@ mod tests {
             .map(|i| Ipv6Addr::from(0x2001_0db8 << 96 | i).into())
             .collect();
         let all: Vec<IpAddr> = v4.into_iter().chain(v6).collect();
+        let held = within_limits(&all);
+        assert_eq!(held.iter().filter(|s| s.is_ipv4()).count(), MAX_V4);
+        assert_eq!(held.len(), MAX_V4 + MAX_V6);
         let p = program(&all);
         assert!(p.len() <= 4096, "{} instructions", p.len());
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();

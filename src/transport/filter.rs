@@ -56,6 +56,16 @@ impl GateHandle {
         period
     }
 
+    /// The sources cooling off now, with the time left of each period.
+    pub(crate) fn cooling_off(&self) -> Vec<(crate::pool::gate::Cooling, std::time::Duration)> {
+        let now = self.now();
+        self.lock()
+            .cooling_off(now)
+            .into_iter()
+            .map(|c| (c, c.until.saturating_sub(now)))
+            .collect()
+    }
+
     /// Forgets every source (`Gate::forgive_all`); returns how many were
     /// cooling off.
     pub(crate) fn forgive_all(&self) -> usize {
