@@ -308,12 +308,12 @@ impl Pool {
 
     /// The source addresses whose Initials are ignored now, in address
     /// order (`handshake.failures_per_source`).
-    pub fn cooling_sources(&self) -> Vec<super::CoolingSource> {
+    pub fn cooling_sources(&self) -> Vec<super::status::CoolingSource> {
         self.node
             .gate
             .cooling_off()
             .into_iter()
-            .map(|(c, left)| super::CoolingSource {
+            .map(|(c, left)| super::status::CoolingSource {
                 source: c.source,
                 remaining_seconds: left.as_secs_f64(),
                 periods: c.periods,
