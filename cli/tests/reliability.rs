@@ -426,18 +426,38 @@ async fn overload_waits_then_fails_and_healthz_stays_responsive() {
     }
     stop.store(true, Ordering::Relaxed);
     let (worst, answered) = probe.join().unwrap();
+    // The node's own clock for each connection starts at its accept: how
+    // long a refused one waited there, without the time 2,000 connections
+    // spend in the kernel's accept queue first. Served ones hold their
+    // stream 3 s, so they all land above the 3 s bucket.
+    let text = Admin::new(admin).metrics();
+    let within = |le: &str| {
+        metric(
+            &text,
+            "peerpool_forward_duration_seconds_bucket",
+            &[("forward", &forward.to_string()), ("le", le)],
+        )
+        .unwrap_or(0.0)
+    };
+    let ended_by_3s = within("3");
     println!(
-        "2000 clients in {:?}: {served} served, {refused} refused (slowest refusal {slowest_refusal:?}); /healthz answered {answered} times, worst {worst:?}",
+        "2000 clients in {:?}: {served} served, {refused} refused (slowest refusal {slowest_refusal:?} at the client, {ended_by_3s} connections ended within 3 s of their accept); /healthz answered {answered} times, worst {worst:?}",
         started.elapsed()
     );
     // Every stream slot served: 3 connections x 100, less the control
     // stream each dialled connection keeps in one of b's slots.
     assert!(served >= 3 * 99, "only {served} streams were served");
     assert!(refused > 0, "nothing waited: the limit was not reached");
-    // Refused after waiting up to stream_open_timeout (2 s), plus connect
-    // and scheduling slack for 2,000 clients on 2 cores.
+    // Refused after waiting up to stream_open_timeout (2 s) from the
+    // accept, with 1 s for 2,000 connections' scheduling on 2 cores.
     assert!(
-        slowest_refusal <= Duration::from_secs(6),
+        ended_by_3s >= refused as f64,
+        "only {ended_by_3s} of {refused} refused connections ended within 3 s of their accept"
+    );
+    // And at the client, which also waits in the accept queue (up to 4 s
+    // in the debug build on 2 cores next to the nodes): bounded, not hung.
+    assert!(
+        slowest_refusal <= Duration::from_secs(8),
         "{slowest_refusal:?}"
     );
     assert!(
