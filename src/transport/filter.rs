@@ -33,8 +33,9 @@ use crate::pool::Time;
 pub(crate) struct GateHandle {
     gate: Mutex<Gate>,
     epoch: Instant,
-    /// Told when a cooling-off period starts, and when the socket is
-    /// dropped: the kernel's filter (`super::bpf`) follows.
+    /// Told when a cooling-off period starts, when every source is
+    /// forgiven, and when the socket is dropped: the kernel's filter
+    /// (`super::bpf`) follows.
     changed: tokio::sync::Notify,
 }
 
