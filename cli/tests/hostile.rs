@@ -468,6 +468,21 @@ async fn stalled_uploads_cannot_grow_the_serving_node() {
     let filled = filling.elapsed();
     let loaded = median_echo_rate(s.forward).await;
     peak = peak.max(b.stats().rss_kb);
+    // Each stalled stream's write to the upstream waits, so b counts it as
+    // backlogged and splits what it receives (the gauge is set each second).
+    let b_admin = Admin::new(s.b_admin);
+    tokio::task::spawn_blocking(move || {
+        wait_blocking(
+            "every stalled stream backlogged on b",
+            Duration::from_secs(5),
+            || {
+                metric(&b_admin.metrics(), "peerpool_streams_backlogged", &[])
+                    .is_some_and(|n| n >= CLIENTS as f64)
+            },
+        )
+    })
+    .await
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     let mut connected = 0;
     for c in clients {

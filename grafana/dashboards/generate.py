@@ -63,6 +63,10 @@ ROWS = [
         ("Peer states", "timeseries", "none", [
             (f"max by (peer, state) (peerpool_peer_state{{{PSEL}}}) == 1", "{{peer}} {{state}}"),
         ]),
+        ("Handshake gate: Initials turned away, sources ignored", "timeseries", "none", [
+            (f"sum by (verdict) (increase(peerpool_handshake_gate_total{{{SEL}}}[{RATE}]))", "{{verdict}}"),
+            (f"sum by (instance) (peerpool_handshake_sources_cooling{{{SEL}}})", "sources cooling off ({{instance}}; their Initials are dropped by the kernel)"),
+        ], 'Initials not let through to a handshake (ignored: source cooling off, dropped in the node; refused: handshake.max_pending; retried: a Retry asked), and the sources cooling off now, whose Initials the kernel drops before the node sees them.'),
     ]),
     ("Streams", [
         ("Streams opened /s by peer and strategy", "timeseries", "ops", [
@@ -136,15 +140,22 @@ ROWS = [
         ("Actor restarts", "timeseries", "none", [
             (f"sum by (actor) (increase(peerpool_actor_restarts_total{{{SEL}}}[{RATE}]))", "{{actor}}"),
         ]),
+        ("Streams backlogged (read slower than they arrive)", "timeseries", "none", [
+            (f"sum by (instance) (peerpool_streams_backlogged{{{SEL}}})", "{{instance}}"),
+        ], "Streams whose received data may wait for its reader: not piped yet, or whose local reader kept a write waiting over 5 ms. While any is, or more than 16 streams are open, the node hands quinn one datagram per receive buffer (bounded memory) instead of whole GRO batches. A level that stays up names slow or stuck local readers."),
     ]),
 ]
 
 
-def panel(pid, title, kind, unit, queries, x, y, w, h):
+def panel(pid, title, kind, unit, queries, x, y, w, h, description=None):
     p = {
         "id": pid,
         "type": kind,
         "title": title,
+    }
+    if description:
+        p["description"] = description
+    p |= {
         "datasource": DS,
         "gridPos": {"h": h, "w": w, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
@@ -182,11 +193,11 @@ def dashboard():
         pid += 1
         y += 1
         width = 8
-        for i, (title, kind, unit, queries) in enumerate(row_panels):
+        for i, (title, kind, unit, queries, *description) in enumerate(row_panels):
             x = (i % 3) * width
             if i and i % 3 == 0:
                 y += 8
-            panels.append(panel(pid, title, kind, unit, queries, x, y, width, 8))
+            panels.append(panel(pid, title, kind, unit, queries, x, y, width, 8, *description))
             pid += 1
         y += 8
     variable_ds = {"type": "prometheus", "uid": "${datasource}"}

@@ -4,6 +4,7 @@
 //! needs ("no stream left", "the peer said DONE").
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::Notify;
@@ -11,6 +12,7 @@ use tokio::sync::Notify;
 use super::status::{rfc3339, ConnectionInfo};
 use crate::identity::Verified;
 use crate::pool::{ConnKey, Direction};
+use crate::transport::Backlog;
 
 /// One live connection and its stream counts.
 #[derive(Debug)]
@@ -44,6 +46,8 @@ pub(crate) struct ConnMeta {
     /// This node drains and the peer never answered DRAINED: new streams
     /// it opens here are refused.
     refusing: AtomicBool,
+    /// The node's backlog, where each of its streams counts until read.
+    pub(crate) backlog: Arc<Backlog>,
 }
 
 impl ConnMeta {
@@ -53,6 +57,7 @@ impl ConnMeta {
         direction: Direction,
         dial_seq: u64,
         remote: Verified,
+        backlog: Arc<Backlog>,
     ) -> ConnMeta {
         ConnMeta {
             key,
@@ -71,6 +76,7 @@ impl ConnMeta {
             drained: AtomicBool::new(false),
             drained_notify: Notify::new(),
             refusing: AtomicBool::new(false),
+            backlog,
         }
     }
 

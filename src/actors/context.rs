@@ -33,6 +33,9 @@ pub(crate) struct NodeContext {
     pub(crate) registry: Arc<Registry>,
     /// The handshake gate, shared with the endpoint's socket.
     pub(crate) gate: Arc<crate::transport::GateHandle>,
+    /// Streams whose data may wait for its reader, shared with the
+    /// endpoint's socket (`transport::backlog`).
+    pub(crate) backlog: Arc<crate::transport::Backlog>,
     pub(crate) handler: Arc<dyn StreamHandler>,
     pub(crate) retry: RetryPolicy,
     pub(crate) ejection: EjectionPolicy,
@@ -56,7 +59,7 @@ impl NodeContext {
         endpoint: quinn::Endpoint,
         local_addr: SocketAddr,
         registry: Arc<Registry>,
-        gate: Arc<crate::transport::GateHandle>,
+        socket: crate::transport::SocketShared,
         handler: Arc<dyn StreamHandler>,
     ) -> NodeContext {
         let transport = Arc::new(crate::transport::transport_config(&config.node));
@@ -69,7 +72,8 @@ impl NodeContext {
             endpoint,
             local_addr,
             registry,
-            gate,
+            gate: socket.gate,
+            backlog: socket.backlog,
             handler,
             epoch: Instant::now(),
             next_conn: AtomicU64::new(1),

@@ -77,13 +77,13 @@ impl Pool {
         })?;
         let trust = trust.map(Arc::new);
         let registry = Arc::new(Registry::new(config.node.accept_unknown_peers));
-        let gate = transport::GateHandle::new(config.handshake.gate_rules());
+        let shared = transport::SocketShared::new(config.handshake.gate_rules());
         let endpoint = transport::endpoint_trusting(
             &config.node,
             &identity,
             registry.clone(),
             trust.clone(),
-            Some(gate.clone()),
+            Some(shared.clone()),
             socket,
         )
         .map_err(PoolError::Start)?;
@@ -99,7 +99,7 @@ impl Pool {
             endpoint,
             local_addr,
             registry,
-            gate,
+            shared,
             handler,
         ));
         let supervisor = Supervisor::start(node.clone())?;

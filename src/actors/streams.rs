@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::conn::ConnMeta;
 use super::endpoints::EndpointHandle;
 use crate::identity::PeerId;
+use crate::transport::backlog::Waiting;
 
 /// Counts a stream on its connection while alive (the active-streams gauge
 /// and the retire and drain waits are set from these counts).
@@ -117,10 +118,7 @@ impl PooledStream {
         PooledStream {
             outcome: StreamOutcome { endpoint, opened },
             send: PooledSend::new(send, guard.clone()),
-            recv: PooledRecv {
-                inner: recv,
-                _guard: guard,
-            },
+            recv: PooledRecv::new(recv, guard),
             connection,
             remote,
         }
@@ -158,10 +156,7 @@ impl IncomingStream {
             peer_id,
             remote,
             send: PooledSend::new(send, guard.clone()),
-            recv: PooledRecv {
-                inner: recv,
-                _guard: guard,
-            },
+            recv: PooledRecv::new(recv, guard),
         }
     }
 }
@@ -227,9 +222,29 @@ impl Drop for PooledSend {
 }
 
 /// The receiving half of a pooled stream; derefs to [`quinn::RecvStream`].
+///
+/// Until its reader says it keeps up (the sidecar's pipes do), the stream
+/// counts as backlogged: its data may wait unread, so the node's socket
+/// hands quinn one datagram per buffer (`transport::backlog`).
 pub struct PooledRecv {
     inner: quinn::RecvStream,
+    waiting: Waiting,
     _guard: Arc<StreamGuard>,
+}
+
+impl PooledRecv {
+    fn new(inner: quinn::RecvStream, guard: Arc<StreamGuard>) -> PooledRecv {
+        PooledRecv {
+            inner,
+            waiting: Waiting::new(guard.meta().backlog.clone()),
+            _guard: guard,
+        }
+    }
+
+    /// The stream's place in the node's backlog.
+    pub(crate) fn waiting(&mut self) -> &mut Waiting {
+        &mut self.waiting
+    }
 }
 
 impl std::ops::Deref for PooledSend {

@@ -159,6 +159,7 @@ impl Actor for Supervisor {
             let ready = act.node.registry.not_ready().is_empty();
             let m = &act.node.node_metrics;
             m.ready.set(if ready { 1.0 } else { 0.0 });
+            m.backlogged.set(act.node.backlog.streams() as f64);
             m.touch();
         });
     }

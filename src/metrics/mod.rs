@@ -66,6 +66,7 @@ pub const HANDSHAKE_GATE: &str = "peerpool_handshake_gate_total";
 pub const HANDSHAKES_PENDING: &str = "peerpool_handshakes_pending";
 pub const HANDSHAKE_SOURCES_COOLING: &str = "peerpool_handshake_sources_cooling";
 pub const STREAM_MEMORY: &str = "peerpool_stream_memory_bytes";
+pub const STREAMS_BACKLOGGED: &str = "peerpool_streams_backlogged";
 pub const STREAM_MEMORY_LIMIT: &str = "peerpool_stream_memory_limit_bytes";
 pub const ACCESS_LOG_LINES: &str = "peerpool_access_log_lines_total";
 
@@ -292,6 +293,10 @@ fn describe() {
     describe_gauge!(
         HANDSHAKE_SOURCES_COOLING,
         "Source addresses cooling off after handshake.failures_per_source failed handshakes; the kernel drops their Initials (up to 1024 IPv4 and 160 IPv6 sources; past that the node does, counted as verdict=\"ignored\")."
+    );
+    describe_gauge!(
+        STREAMS_BACKLOGGED,
+        "Streams whose received data may wait for its reader: not piped yet, or their local reader has kept a write waiting over 5 ms. While any is, the node hands quinn one datagram per receive buffer (bounded memory) instead of whole batches (speed)."
     );
     describe_gauge!(
         STREAM_MEMORY,

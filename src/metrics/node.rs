@@ -19,6 +19,8 @@ pub(crate) struct NodeMetrics {
     /// Set where they change (`handshakes_pending`,
     /// `handshake_sources_cooling`); held here to be kept alive.
     handshakes: [Gauge; 2],
+    /// Set at each tick.
+    pub(crate) backlogged: Gauge,
     pub(crate) ready: Gauge,
 }
 
@@ -47,6 +49,7 @@ impl NodeMetrics {
                 metrics::gauge!(HANDSHAKE_SOURCES_COOLING),
             ],
             ready: metrics::gauge!(READY),
+            backlogged: metrics::gauge!(STREAMS_BACKLOGGED),
         }
     }
 

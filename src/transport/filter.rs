@@ -5,13 +5,16 @@
 //!   that failed too often costs one byte compare and one table lookup per
 //!   datagram. The kernel's filter (`super::bpf`) drops them before this
 //!   as soon as it lists the source; this catches the rest.
-//! - GRO batches are split here, one datagram per buffer handed to quinn.
-//!   quinn copies each buffer into one allocation shared by the datagrams
-//!   in it, so a stream that is not read would keep a whole 64 KiB batch
-//!   alive for a datagram of its own (measured with 290 stalled uploads:
-//!   904 KiB per stream with batches handed over whole, 198 KiB split).
-//!   The kernel still coalesces (one system call per batch); the cost is
-//!   one copy of each received byte.
+//! - GRO batches reach quinn whole (received straight into quinn's
+//!   buffers) while a few streams are open and none is backlogged, and
+//!   split one datagram per buffer otherwise (`super::backlog`): quinn copies each buffer into
+//!   one allocation shared by the datagrams in it, so a stream that is not
+//!   read would keep a whole 64 KiB batch alive for a datagram of its own
+//!   (measured with 290 stalled uploads: 904 KiB per stream with batches
+//!   handed over whole, 213 KiB split). Split, the kernel still coalesces
+//!   (one system call per batch); the cost is one copy of each received
+//!   byte and quinn's work per buffer, a tenth to a fifth of parallel
+//!   bulk throughput.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -25,6 +28,7 @@ use std::time::Instant;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
+use super::backlog::Backlog;
 use crate::pool::gate::{Gate, GateRules};
 use crate::pool::Time;
 
@@ -101,9 +105,36 @@ fn is_initial(datagram: &[u8]) -> bool {
         .is_some_and(|b| b & 0x80 != 0 && b & 0x30 == 0)
 }
 
+/// Moves the datagrams of `batch` (each `stride` long, the last maybe
+/// shorter) that `drops` does not pick to its front; returns their length.
+/// Only the last can be short, so the stride still holds.
+fn keep(batch: &mut [u8], stride: usize, mut drops: impl FnMut(&[u8]) -> bool) -> usize {
+    let stride = stride.max(1);
+    let (mut kept, mut at) = (0, 0);
+    while at < batch.len() {
+        let len = stride.min(batch.len() - at);
+        if !drops(&batch[at..at + len]) {
+            if kept != at {
+                batch.copy_within(at..at + len, kept);
+            }
+            kept += len;
+        }
+        at += len;
+    }
+    kept
+}
+
 /// Batches in a row that were dropped whole before the driver yields, so a
 /// flood cannot hold the endpoint's task.
 const MAX_DROPPED_BATCHES: usize = 16;
+
+/// The most a GRO batch holds: one IP packet's worth.
+const GRO_MAX: usize = 65_535;
+
+/// quinn's largest UDP payload (`max_udp_payload_size`, which
+/// `endpoint_config` leaves at quinn's default): the unit in which quinn
+/// sizes its receive buffers.
+const QUINN_PAYLOAD: usize = 1472;
 
 /// Buffers of the staging area, each for one GRO batch of up to 64 KiB.
 const STAGE_BUFFERS: usize = 4;
@@ -122,6 +153,7 @@ pub(crate) struct Filtered {
     /// The same socket, for its kernel filter (`super::bpf`).
     kernel: Option<std::net::UdpSocket>,
     gate: Arc<GateHandle>,
+    backlog: Arc<Backlog>,
     staging: Mutex<Staging>,
 }
 
@@ -147,11 +179,13 @@ impl Filtered {
         inner: Arc<dyn AsyncUdpSocket>,
         kernel: Option<std::net::UdpSocket>,
         gate: Arc<GateHandle>,
+        backlog: Arc<Backlog>,
     ) -> Filtered {
         Filtered {
             inner,
             kernel,
             gate,
+            backlog,
             staging: Mutex::new(Staging {
                 buf: vec![0u8; STAGE_BUFFERS * STAGE_LEN].into_boxed_slice(),
                 metas: [RecvMeta::default(); STAGE_BUFFERS],
@@ -205,6 +239,27 @@ impl Filtered {
         }
     }
 
+    /// Receives whole batches straight into quinn's buffers, then drops the
+    /// datagrams the gate ignores from them.
+    fn recv_whole(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.inner.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        for (buf, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
+            if let Some(batch) = buf.get_mut(..m.len) {
+                // A batch emptied whole is handed on empty: quinn skips it.
+                m.len = keep(batch, m.stride, |d| self.drops(d, m.addr));
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
     fn drops(&self, datagram: &[u8], from: SocketAddr) -> bool {
         let drop = is_initial(datagram) && self.gate.lock().cooling(from.ip(), self.gate.now());
         if drop {
@@ -231,6 +286,9 @@ impl AsyncUdpSocket for Filtered {
     ) -> Poll<io::Result<usize>> {
         let mut st = self.staging.lock().unwrap_or_else(|e| e.into_inner());
         if st.ready.is_empty() {
+            if !self.backlog.split() {
+                return self.recv_whole(cx, bufs, meta);
+            }
             match self.stage(cx, &mut st) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -265,9 +323,13 @@ impl AsyncUdpSocket for Filtered {
         self.inner.max_transmit_segments()
     }
 
-    /// One datagram per buffer: batches are split here.
+    /// quinn sizes each receive buffer as this many datagrams of its
+    /// largest payload (1472 bytes): a buffer must hold a whole GRO batch
+    /// (whole mode); split, each holds one datagram and the rest is unused.
     fn max_receive_segments(&self) -> usize {
-        1
+        self.inner
+            .max_receive_segments()
+            .min(GRO_MAX.div_ceil(QUINN_PAYLOAD))
     }
 
     fn may_fragment(&self) -> bool {
@@ -289,5 +351,35 @@ mod tests {
         assert!(!is_initial(&[0xd0]));
         assert!(!is_initial(&[0x40]));
         assert!(!is_initial(&[]));
+    }
+
+    #[test]
+    fn quinn_sizes_its_receive_buffers_in_the_payload_assumed_here() {
+        let identity = crate::identity::Identity::generate().unwrap();
+        let config = super::super::endpoint_config(&identity);
+        assert_eq!(config.get_max_udp_payload_size(), QUINN_PAYLOAD as u64);
+        // So a buffer of GRO_MAX.div_ceil(QUINN_PAYLOAD) payloads holds a
+        // whole batch.
+        assert!(GRO_MAX.div_ceil(QUINN_PAYLOAD) * QUINN_PAYLOAD >= GRO_MAX);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_other_datagrams_in_order_and_its_stride() {
+        // Four datagrams of stride 3, the last one short; the Initials
+        // (first byte 0xc0) go.
+        let mut batch = [0x40, 1, 1, 0xc0, 2, 2, 0x40, 3, 3, 0x41, 4].to_vec();
+        let kept = keep(&mut batch, 3, is_initial);
+        assert_eq!(&batch[..kept], &[0x40, 1, 1, 0x40, 3, 3, 0x41, 4]);
+        let mut last = [0x40, 1, 1, 0xc0, 9].to_vec();
+        assert_eq!(
+            keep(&mut last, 3, is_initial),
+            3,
+            "a short last one dropped"
+        );
+        let mut all = [0xc0, 1, 0xc0, 2].to_vec();
+        assert_eq!(keep(&mut all, 2, is_initial), 0, "emptied whole");
+        let mut none = [0x40, 1, 0x40, 2].to_vec();
+        assert_eq!(keep(&mut none, 2, is_initial), 4);
+        assert_eq!(none, [0x40, 1, 0x40, 2]);
     }
 }

@@ -6,6 +6,7 @@
 //! System's): quinn spawns its drivers on the runtime that creates it, and
 //! they die with that runtime.
 
+pub(crate) mod backlog;
 pub(crate) mod bpf;
 pub mod codes;
 pub(crate) mod control;
@@ -23,6 +24,7 @@ use crate::config::{HandshakeConfig, NodeConfig};
 use crate::identity::ca::Trust;
 use crate::identity::{Identity, PeerId};
 use crate::metrics::labels::{CloseReason, DialResult};
+pub(crate) use backlog::Backlog;
 use codes::CloseCode;
 pub(crate) use filter::GateHandle;
 use hello::{ExchangeError, Hello};
@@ -104,13 +106,31 @@ pub(crate) fn server_config(
     Ok(server)
 }
 
+/// What the node's UDP socket shares with the rest of the node: the
+/// handshake gate (the accept loop asks it) and the backlog (the streams
+/// tell it how they are read).
+#[derive(Clone)]
+pub(crate) struct SocketShared {
+    pub(crate) gate: Arc<GateHandle>,
+    pub(crate) backlog: Arc<Backlog>,
+}
+
+impl SocketShared {
+    pub(crate) fn new(gate: crate::pool::gate::GateRules) -> SocketShared {
+        SocketShared {
+            gate: GateHandle::new(gate),
+            backlog: Backlog::new(),
+        }
+    }
+}
+
 /// Like [`endpoint`], also accepting certificates of the CAs in `trust`.
 pub(crate) fn endpoint_trusting(
     node: &NodeConfig,
     identity: &Identity,
     policy: Arc<dyn InboundPolicy>,
     trust: Option<Arc<Trust>>,
-    gate: Option<Arc<GateHandle>>,
+    shared: Option<SocketShared>,
     udp: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, BindError> {
     let addr = udp.local_addr().unwrap_or(node.listen);
@@ -130,8 +150,9 @@ pub(crate) fn endpoint_trusting(
     // kernel would have.
     let kernel = udp.try_clone().ok();
     let inner = runtime.wrap_udp_socket(udp).map_err(socket_err)?;
-    let gate = gate.unwrap_or_else(|| GateHandle::new(HandshakeConfig::default().gate_rules()));
-    let socket = Arc::new(filter::Filtered::new(inner, kernel, gate.clone()));
+    let SocketShared { gate, backlog } =
+        shared.unwrap_or_else(|| SocketShared::new(HandshakeConfig::default().gate_rules()));
+    let socket = Arc::new(filter::Filtered::new(inner, kernel, gate.clone(), backlog));
     tokio::spawn(bpf::keep_in_step(Arc::downgrade(&socket), gate));
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(identity),

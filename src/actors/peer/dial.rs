@@ -152,6 +152,7 @@ impl PeerActor {
             direction,
             rank.seq,
             remote,
+            self.node.backlog.clone(),
         ));
         let control = {
             let meta = meta.clone();
