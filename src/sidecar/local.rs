@@ -314,7 +314,7 @@ fn bind_unix(path: &Path) -> io::Result<Listener> {
     let mut file = SocketFile::of(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_FILE_MODE))?;
     // The chmod changed the file's ctime.
-    file = SocketFile::of(path).inspect_err(|_| drop(file))?;
+    file.refresh()?;
     socket.listen(UNIX_BACKLOG)?;
     Ok(Listener::Unix {
         listener: socket.into(),
@@ -344,6 +344,13 @@ impl SocketFile {
             path: path.to_path_buf(),
             identity: identity(&m),
         })
+    }
+
+    /// Takes the file's identity again, after a change of ours to it (a
+    /// chmod changes its ctime).
+    fn refresh(&mut self) -> io::Result<()> {
+        self.identity = identity(&std::fs::symlink_metadata(&self.path)?);
+        Ok(())
     }
 }
 
