@@ -351,6 +351,10 @@ pub(crate) async fn pipe(
 ) -> Outcome {
     activity.sent_up(start.up);
     activity.sent_down(start.down);
+    if start.down_done {
+        // Nothing more arrives on it: nothing can wait unread.
+        recv.waiting().keeping_up();
+    }
     let ended = {
         let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin, activity);
         let down = quic_to_tcp(&mut recv, &mut tcp_w, activity);
