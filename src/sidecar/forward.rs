@@ -362,7 +362,17 @@ impl Forward {
                             );
                         }
                     },
-                    r = client.r.read(&mut chunk), if !client.fin && room => match r {
+                    // With its buffer full it is not read, but a reset
+                    // of the client (gone while flow control holds its
+                    // upload back) still ends the stream.
+                    r = async {
+                        if room {
+                            client.r.read(&mut chunk).await
+                        } else {
+                            client.r.failed().await;
+                            Err(std::io::ErrorKind::ConnectionReset.into())
+                        }
+                    }, if !client.fin => match r {
                         Ok(0) => {
                             activity.moved();
                             client.fin = true;

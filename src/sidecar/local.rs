@@ -116,6 +116,18 @@ impl ReadHalf {
             ReadHalf::Unix(r) => r.readable().await,
         }
     }
+
+    /// Resolves once the socket reports an error (a reset, above all),
+    /// whether or not anyone reads it: a pipe whose bytes wait for QUIC
+    /// flow control is not reading, and must still see the client go.
+    pub(crate) async fn failed(&self) {
+        let interest = tokio::io::Interest::ERROR;
+        // An error asking for readiness means the socket is unusable too.
+        let _ = match self {
+            ReadHalf::Tcp(r) => r.ready(interest).await,
+            ReadHalf::Unix(r) => r.ready(interest).await,
+        };
+    }
 }
 
 impl AsyncRead for ReadHalf {

@@ -12,7 +12,9 @@
 //! - A reset maps across: a TCP reset resets the QUIC stream (both halves,
 //!   code [`RESET_TCP`]); a QUIC reset, a stop or a lost connection resets
 //!   the TCP connection (RST, never a FIN that could pass for a complete
-//!   answer).
+//!   answer). Both are seen while the pipe waits for something else: the
+//!   stream's reset while a write to TCP waits for its reader, a TCP reset
+//!   while quinn's flow control holds a chunk back.
 //! - No false FIN, ever: a TCP socket's write half sends a FIN only
 //!   through [`WriteHalf::finish`]; any other end closes with RST (see
 //!   [`super::local`]). A stream dropped unfinished is reset (`PooledSend`).
@@ -32,7 +34,7 @@ use tokio::io::AsyncReadExt;
 use super::header::{Status, RESET_TCP};
 use super::local::{self, ReadHalf, WriteHalf};
 use crate::metrics::labels::TransferResult;
-use crate::transport::backlog::{Waiting, SLOW_READER};
+use crate::transport::backlog::SLOW_READER;
 use crate::{PooledRecv, PooledSend};
 
 /// Bytes buffered per direction per stream.
@@ -47,8 +49,8 @@ const GATHER: usize = 32;
 /// The longest wait for the peer to acknowledge a finished stream.
 pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 
-/// Writes every chunk, gathered into as few writes as the socket takes,
-/// and returns the bytes written.
+/// Writes every chunk of `recv`'s, gathered into as few writes as the
+/// socket takes, and returns the bytes written.
 ///
 /// A write that waits longer than [`SLOW_READER`] marks the stream
 /// `behind` in the node's backlog (the socket then splits what it
@@ -57,13 +59,20 @@ pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 /// own: each may be a slice of a 64 KiB batch that would otherwise stay
 /// alive for as long as the reader dawdles. The stream keeps up again once
 /// everything is written.
+///
+/// While a write waits, nothing reads `recv`, so its reset (the peer gave
+/// up) and the loss of its connection are watched for instead: a local
+/// reader that never reads must not hold the stream for as long as it
+/// lives.
 async fn write_all_chunks(
     w: &mut WriteHalf,
     chunks: &mut [Bytes],
-    waiting: &mut Waiting,
-) -> std::io::Result<u64> {
+    recv: &mut PooledRecv,
+) -> Result<u64, Fault> {
     let mut total = 0u64;
     let mut first = 0;
+    // Whether a reset can still come: not once the peer's end was read.
+    let mut resettable = true;
     while first < chunks.len() {
         let mut slices = [std::io::IoSlice::new(&[]); GATHER];
         let k = (chunks.len() - first).min(GATHER);
@@ -74,11 +83,30 @@ async fn write_all_chunks(
             let write = w.write_vectored(&slices[..k]);
             tokio::pin!(write);
             // Polled once before any timer: a socket with room (nearly
-            // every write) costs no timer.
+            // every write) costs no timer and no watch.
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                 Poll::Ready(r) => Some(r),
-                Poll::Pending if waiting.is_backlogged() => Some(write.await),
-                Poll::Pending => tokio::time::timeout(SLOW_READER, write).await.ok(),
+                Poll::Pending => {
+                    let limit = (!recv.waiting().is_backlogged()).then_some(SLOW_READER);
+                    let wait = async {
+                        match limit {
+                            None => Some(write.await),
+                            Some(limit) => tokio::time::timeout(limit, write).await.ok(),
+                        }
+                    };
+                    tokio::pin!(wait);
+                    loop {
+                        let reset = quinn::RecvStream::received_reset(recv);
+                        tokio::select! {
+                            written = &mut wait => break written,
+                            r = reset, if resettable => match r {
+                                Ok(Some(code)) => return Err(Fault::Quic(Some(code.into_inner()))),
+                                Ok(None) => resettable = false,
+                                Err(_) => return Err(Fault::Quic(None)),
+                            },
+                        }
+                    }
+                }
             }
         };
         let Some(written) = written else {
@@ -86,15 +114,16 @@ async fn write_all_chunks(
             // has taken no byte. Chunks received split pin only their own
             // datagrams; copying them would cost more than it frees
             // (measured: 13 KiB more per stalled stream).
+            let waiting = recv.waiting();
             if !waiting.split() {
                 own_copy(&mut chunks[first..]);
             }
             waiting.behind();
             continue;
         };
-        let mut n = written?;
+        let mut n = written.map_err(|_| Fault::Tcp)?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Err(Fault::Tcp);
         }
         total += n as u64;
         while n > 0 {
@@ -110,7 +139,7 @@ async fn write_all_chunks(
             first += 1;
         }
     }
-    waiting.keeping_up();
+    recv.waiting().keeping_up();
     Ok(total)
 }
 
@@ -277,9 +306,7 @@ async fn tcp_to_quic(
 ) -> Result<(), Fault> {
     if !pending.is_empty() {
         let n = pending.len() as u64;
-        quinn::SendStream::write_chunk(send, pending)
-            .await
-            .map_err(|e| quic_write_fault(&e))?;
+        send_chunk(send, tcp, pending).await?;
         activity.sent_up(n);
     }
     if fin {
@@ -305,10 +332,22 @@ async fn tcp_to_quic(
             let _ = send.finish();
             return Ok(());
         }
-        quinn::SendStream::write_chunk(send, buf.split().freeze())
-            .await
-            .map_err(|e| quic_write_fault(&e))?;
+        send_chunk(send, tcp, buf.split().freeze()).await?;
         activity.sent_up(n as u64);
+    }
+}
+
+/// Hands `chunk` to quinn. While the peer's flow control holds it back,
+/// nothing reads `tcp`, so its reset is watched for instead: a client that
+/// gives up on a stalled upload must end the stream, not wait for a window
+/// that may never open.
+async fn send_chunk(send: &mut PooledSend, tcp: &ReadHalf, chunk: Bytes) -> Result<(), Fault> {
+    let write = quinn::SendStream::write_chunk(send, chunk);
+    tokio::select! {
+        // Nearly every chunk goes at once: no readiness wait is set up.
+        biased;
+        r = write => r.map_err(|e| quic_write_fault(&e)),
+        () = tcp.failed() => Err(Fault::Tcp),
     }
 }
 
@@ -328,9 +367,7 @@ async fn quic_to_tcp(
         activity.moved();
         match read {
             Ok(Some(k)) => {
-                let n = write_all_chunks(tcp, &mut chunks[..k], recv.waiting())
-                    .await
-                    .map_err(|_| Fault::Tcp)?;
+                let n = write_all_chunks(tcp, &mut chunks[..k], recv).await?;
                 activity.sent_down(n);
             }
             Ok(None) => {
