@@ -71,8 +71,6 @@ async fn write_all_chunks(
 ) -> Result<u64, Fault> {
     let mut total = 0u64;
     let mut first = 0;
-    // Whether a reset can still come: not once the peer's end was read.
-    let mut resettable = true;
     while first < chunks.len() {
         let mut slices = [std::io::IoSlice::new(&[]); GATHER];
         let k = (chunks.len() - first).min(GATHER);
@@ -94,17 +92,9 @@ async fn write_all_chunks(
                             Some(limit) => tokio::time::timeout(limit, write).await.ok(),
                         }
                     };
-                    tokio::pin!(wait);
-                    loop {
-                        let reset = quinn::RecvStream::received_reset(recv);
-                        tokio::select! {
-                            written = &mut wait => break written,
-                            r = reset, if resettable => match r {
-                                Ok(Some(code)) => return Err(Fault::Quic(Some(code.into_inner()))),
-                                Ok(None) => resettable = false,
-                                Err(_) => return Err(Fault::Quic(None)),
-                            },
-                        }
+                    tokio::select! {
+                        written = wait => written,
+                        fault = reset(recv) => return Err(fault),
                     }
                 }
             }
@@ -141,6 +131,16 @@ async fn write_all_chunks(
     }
     recv.waiting().keeping_up();
     Ok(total)
+}
+
+/// Resolves once `recv` is reset or loses its connection; never once its
+/// end was read (nothing can reset it then).
+async fn reset(recv: &mut PooledRecv) -> Fault {
+    match quinn::RecvStream::received_reset(recv).await {
+        Ok(Some(code)) => Fault::Quic(Some(code.into_inner())),
+        Ok(None) => std::future::pending().await,
+        Err(_) => Fault::Quic(None),
+    }
 }
 
 /// Replaces `chunks` (not empty) by one buffer of their own holding the
