@@ -12,9 +12,9 @@
 //! - A reset maps across: a TCP reset resets the QUIC stream (both halves,
 //!   code [`RESET_TCP`]); a QUIC reset, a stop or a lost connection resets
 //!   the TCP connection (RST, never a FIN that could pass for a complete
-//!   answer). Both are seen while the pipe waits for something else: the
-//!   stream's reset while a write to TCP waits for its reader, a TCP reset
-//!   while quinn's flow control holds a chunk back.
+//!   answer). A TCP reset is seen while quinn's flow control holds a chunk
+//!   back (nothing reads TCP then). A stream's reset while a write to TCP
+//!   waits for its reader is not seen until the write moves (README).
 //! - No false FIN, ever: a TCP socket's write half sends a FIN only
 //!   through [`WriteHalf::finish`]; any other end closes with RST (see
 //!   [`super::local`]). A stream dropped unfinished is reset (`PooledSend`).
@@ -34,7 +34,7 @@ use tokio::io::AsyncReadExt;
 use super::header::{Status, RESET_TCP};
 use super::local::{self, ReadHalf, WriteHalf};
 use crate::metrics::labels::TransferResult;
-use crate::transport::backlog::SLOW_READER;
+use crate::transport::backlog::{Waiting, SLOW_READER};
 use crate::{PooledRecv, PooledSend};
 
 /// Bytes buffered per direction per stream.
@@ -49,8 +49,8 @@ const GATHER: usize = 32;
 /// The longest wait for the peer to acknowledge a finished stream.
 pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 
-/// Writes every chunk of `recv`'s, gathered into as few writes as the
-/// socket takes, and returns the bytes written.
+/// Writes every chunk, gathered into as few writes as the socket takes,
+/// and returns the bytes written.
 ///
 /// A write that waits longer than [`SLOW_READER`] marks the stream
 /// `behind` in the node's backlog (the socket then splits what it
@@ -59,16 +59,11 @@ pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 /// own: each may be a slice of a 64 KiB batch that would otherwise stay
 /// alive for as long as the reader dawdles. The stream keeps up again once
 /// everything is written.
-///
-/// While a write waits, nothing reads `recv`, so its reset (the peer gave
-/// up) and the loss of its connection are watched for instead: a local
-/// reader that never reads must not hold the stream for as long as it
-/// lives.
 async fn write_all_chunks(
     w: &mut WriteHalf,
     chunks: &mut [Bytes],
-    recv: &mut PooledRecv,
-) -> Result<u64, Fault> {
+    waiting: &mut Waiting,
+) -> std::io::Result<u64> {
     let mut total = 0u64;
     let mut first = 0;
     while first < chunks.len() {
@@ -81,22 +76,11 @@ async fn write_all_chunks(
             let write = w.write_vectored(&slices[..k]);
             tokio::pin!(write);
             // Polled once before any timer: a socket with room (nearly
-            // every write) costs no timer and no watch.
+            // every write) costs no timer.
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                 Poll::Ready(r) => Some(r),
-                Poll::Pending => {
-                    let limit = (!recv.waiting().is_backlogged()).then_some(SLOW_READER);
-                    let wait = async {
-                        match limit {
-                            None => Some(write.await),
-                            Some(limit) => tokio::time::timeout(limit, write).await.ok(),
-                        }
-                    };
-                    tokio::select! {
-                        written = wait => written,
-                        fault = reset(recv) => return Err(fault),
-                    }
-                }
+                Poll::Pending if waiting.is_backlogged() => Some(write.await),
+                Poll::Pending => tokio::time::timeout(SLOW_READER, write).await.ok(),
             }
         };
         let Some(written) = written else {
@@ -104,16 +88,15 @@ async fn write_all_chunks(
             // has taken no byte. Chunks received split pin only their own
             // datagrams; copying them would cost more than it frees
             // (measured: 13 KiB more per stalled stream).
-            let waiting = recv.waiting();
             if !waiting.split() {
                 own_copy(&mut chunks[first..]);
             }
             waiting.behind();
             continue;
         };
-        let mut n = written.map_err(|_| Fault::Tcp)?;
+        let mut n = written?;
         if n == 0 {
-            return Err(Fault::Tcp);
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
         total += n as u64;
         while n > 0 {
@@ -129,18 +112,8 @@ async fn write_all_chunks(
             first += 1;
         }
     }
-    recv.waiting().keeping_up();
+    waiting.keeping_up();
     Ok(total)
-}
-
-/// Resolves once `recv` is reset or loses its connection; never once its
-/// end was read (nothing can reset it then).
-async fn reset(recv: &mut PooledRecv) -> Fault {
-    match quinn::RecvStream::received_reset(recv).await {
-        Ok(Some(code)) => Fault::Quic(Some(code.into_inner())),
-        Ok(None) => std::future::pending().await,
-        Err(_) => Fault::Quic(None),
-    }
 }
 
 /// Replaces `chunks` (not empty) by one buffer of their own holding the
@@ -367,7 +340,9 @@ async fn quic_to_tcp(
         activity.moved();
         match read {
             Ok(Some(k)) => {
-                let n = write_all_chunks(tcp, &mut chunks[..k], recv).await?;
+                let n = write_all_chunks(tcp, &mut chunks[..k], recv.waiting())
+                    .await
+                    .map_err(|_| Fault::Tcp)?;
                 activity.sent_down(n);
             }
             Ok(None) => {
