@@ -643,26 +643,31 @@ async fn client_reset_behind_an_upstream_that_never_reads(greeting: &'static [u8
         .expect("the upload never stalled")
         .unwrap();
     let b_admin = Admin::new(s.b_admin);
-    tokio::task::spawn_blocking(move || {
-        wait_blocking(
-            "b's write to the upstream waiting",
-            Duration::from_secs(5),
-            || {
-                metric(&b_admin.metrics(), "peerpool_streams_backlogged", &[])
-                    .is_some_and(|n| n >= 1.0)
-            },
-        )
+    let b_metric = move |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let b_admin = b_admin.clone();
+        move || metric(&b_admin.metrics(), name, labels).unwrap_or(0.0)
+    };
+    let backlogged = b_metric("peerpool_streams_backlogged", &[]);
+    tokio::task::spawn_blocking({
+        let backlogged = backlogged.clone();
+        move || {
+            wait_blocking(
+                "b's write to the upstream waiting",
+                Duration::from_secs(5),
+                || backlogged() >= 1.0,
+            )
+        }
     })
     .await
     .unwrap();
     reset(c);
     // The forwarding node ends the stream (its client reset) though QUIC
-    // flow control holds its bytes back and nothing reads the client.
-    // The serving node does not yet: its write to the upstream waits and
-    // nothing watches the stream's reset meanwhile (README, known).
+    // flow control holds its bytes back and nothing reads the client; the
+    // serving node ends it though its write to the upstream waits and
+    // nothing reads the stream.
     let a_admin = Admin::new(s.a_admin);
     let label = stall_forward.to_string();
-    let took = tokio::task::spawn_blocking(move || {
+    let a_took = tokio::task::spawn_blocking(move || {
         wait_blocking(
             "a ending the stream its client reset",
             Duration::from_secs(5),
@@ -677,8 +682,24 @@ async fn client_reset_behind_an_upstream_that_never_reads(greeting: &'static [u8
     })
     .await
     .unwrap();
+    let memory = b_metric("peerpool_stream_memory_bytes", &[]);
+    let reset_streams = b_metric(
+        "peerpool_service_streams_total",
+        &[("service", "stall"), ("result", "stream_reset")],
+    );
+    // The gauges are set once a second.
+    let b_took = tokio::task::spawn_blocking(move || {
+        wait_blocking(
+            "b ending the stream the client reset",
+            Duration::from_secs(5),
+            || backlogged() == 0.0 && memory() == 0.0 && reset_streams() == 1.0,
+        )
+    })
+    .await
+    .unwrap();
     println!(
-        "greeting {:?}: the forwarding node ended the stream {took:?} after the client's reset",
+        "greeting {:?}: after the client's reset, the forwarding node ended the stream \
+         within {a_took:?}, the serving node let go of it {b_took:?} later",
         String::from_utf8_lossy(greeting)
     );
     drop((a, b));
@@ -686,14 +707,13 @@ async fn client_reset_behind_an_upstream_that_never_reads(greeting: &'static [u8
 
 /// Before any answer, the forwarding node relays the upload itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_resets_behind_a_silent_upstream_is_let_go_by_the_forwarding_node() {
+async fn a_client_that_resets_behind_a_silent_upstream_is_let_go_by_both_nodes() {
     client_reset_behind_an_upstream_that_never_reads(b"").await;
 }
 
 /// After the first answer, the pipe does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_resets_behind_an_upstream_that_only_greets_is_let_go_by_the_forwarding_node()
-{
+async fn a_client_that_resets_behind_an_upstream_that_only_greets_is_let_go_by_both_nodes() {
     client_reset_behind_an_upstream_that_never_reads(b"hello\n").await;
 }
 

@@ -12,9 +12,10 @@
 //! - A reset maps across: a TCP reset resets the QUIC stream (both halves,
 //!   code [`RESET_TCP`]); a QUIC reset, a stop or a lost connection resets
 //!   the TCP connection (RST, never a FIN that could pass for a complete
-//!   answer). A TCP reset is seen while quinn's flow control holds a chunk
-//!   back (nothing reads TCP then). A stream's reset while a write to TCP
-//!   waits for its reader is not seen until the write moves (README).
+//!   answer). Each is seen while the pipe waits for something else: a TCP
+//!   reset while quinn's flow control holds a chunk back (nothing reads
+//!   TCP then), the peer's stop of the stream while a write to TCP waits
+//!   for its reader (nothing reads the stream then).
 //! - No false FIN, ever: a TCP socket's write half sends a FIN only
 //!   through [`WriteHalf::finish`]; any other end closes with RST (see
 //!   [`super::local`]). A stream dropped unfinished is reset (`PooledSend`).
@@ -23,6 +24,7 @@
 //!   connection under a completed answer still in flight.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
@@ -59,11 +61,15 @@ pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 /// own: each may be a slice of a 64 KiB batch that would otherwise stay
 /// alive for as long as the reader dawdles. The stream keeps up again once
 /// everything is written.
+///
+/// While a write waits, `gone` is watched: a local reader that never
+/// reads must not hold the stream after the peer gave up on it.
 async fn write_all_chunks(
     w: &mut WriteHalf,
     chunks: &mut [Bytes],
     waiting: &mut Waiting,
-) -> std::io::Result<u64> {
+    gone: &mut PeerGone<'_, impl Future<Output = Result<Option<VarInt>, quinn::StoppedError>>>,
+) -> Result<u64, Fault> {
     let mut total = 0u64;
     let mut first = 0;
     while first < chunks.len() {
@@ -79,8 +85,19 @@ async fn write_all_chunks(
             // every write) costs no timer.
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                 Poll::Ready(r) => Some(r),
-                Poll::Pending if waiting.is_backlogged() => Some(write.await),
-                Poll::Pending => tokio::time::timeout(SLOW_READER, write).await.ok(),
+                Poll::Pending => {
+                    let limit = (!waiting.is_backlogged()).then_some(SLOW_READER);
+                    let wait = async {
+                        match limit {
+                            None => Some(write.await),
+                            Some(limit) => tokio::time::timeout(limit, write).await.ok(),
+                        }
+                    };
+                    tokio::select! {
+                        written = wait => written,
+                        fault = gone.wait() => return Err(fault),
+                    }
+                }
             }
         };
         let Some(written) = written else {
@@ -94,9 +111,9 @@ async fn write_all_chunks(
             waiting.behind();
             continue;
         };
-        let mut n = written?;
+        let mut n = written.map_err(|_| Fault::Tcp)?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Err(Fault::Tcp);
         }
         total += n as u64;
         while n > 0 {
@@ -114,6 +131,38 @@ async fn write_all_chunks(
     }
     waiting.keeping_up();
     Ok(total)
+}
+
+/// The peer stopped the stream or the connection was lost, watched through
+/// the other half's [`quinn::SendStream::stopped`]: a peer that gives up
+/// resets its half and stops ours together, and quinn wakes a stopped
+/// stream through a notifier of its own, apart from the waker reads use.
+/// Made once per pipe (a clone of the connection handle) and polled only
+/// while a write waits, so a stream whose writes go at once takes no lock
+/// for it.
+struct PeerGone<'a, F> {
+    stopped: Pin<&'a mut F>,
+    /// It resolved with no stop: this half was finished and acknowledged,
+    /// after which the peer can no longer stop it.
+    quiet: bool,
+}
+
+impl<F> PeerGone<'_, F>
+where
+    F: Future<Output = Result<Option<VarInt>, quinn::StoppedError>>,
+{
+    /// Resolves once the peer stopped the stream or the connection is lost;
+    /// never after this half was finished and acknowledged.
+    async fn wait(&mut self) -> Fault {
+        if !self.quiet {
+            match self.stopped.as_mut().await {
+                Ok(Some(code)) => return Fault::Quic(Some(code.into_inner())),
+                Ok(None) => self.quiet = true,
+                Err(_) => return Fault::Quic(None),
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 /// Replaces `chunks` (not empty) by one buffer of their own holding the
@@ -327,6 +376,7 @@ async fn send_chunk(send: &mut PooledSend, tcp: &ReadHalf, chunk: Bytes) -> Resu
 async fn quic_to_tcp(
     recv: &mut PooledRecv,
     tcp: &mut WriteHalf,
+    mut gone: PeerGone<'_, impl Future<Output = Result<Option<VarInt>, quinn::StoppedError>>>,
     activity: &Activity,
 ) -> Result<(), Fault> {
     // From here its data is read as it comes, unless TCP holds it up.
@@ -340,9 +390,7 @@ async fn quic_to_tcp(
         activity.moved();
         match read {
             Ok(Some(k)) => {
-                let n = write_all_chunks(tcp, &mut chunks[..k], recv.waiting())
-                    .await
-                    .map_err(|_| Fault::Tcp)?;
+                let n = write_all_chunks(tcp, &mut chunks[..k], recv.waiting(), &mut gone).await?;
                 activity.sent_down(n);
             }
             Ok(None) => {
@@ -371,8 +419,14 @@ pub(crate) async fn pipe(
         recv.waiting().keeping_up();
     }
     let ended = {
+        let stopped = send.stopped();
+        tokio::pin!(stopped);
+        let gone = PeerGone {
+            stopped,
+            quiet: false,
+        };
         let up = tcp_to_quic(&mut tcp_r, &mut send, start.pending, start.up_fin, activity);
-        let down = quic_to_tcp(&mut recv, &mut tcp_w, activity);
+        let down = quic_to_tcp(&mut recv, &mut tcp_w, gone, activity);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, start.down_done);
         loop {
