@@ -318,7 +318,16 @@ fn requests_spread_evenly_over_the_replicas_of_a_dns_name() {
         after = bed.served_ok();
     }
     let per: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    eprintln!("3000 requests: {per:?} per replica, {:?}", report.errors);
+    let group = bed.group();
+    let latency_ms: Vec<String> = group
+        .endpoints
+        .iter()
+        .map(|e| format!("{} {:.2} ms", e.addr, e.latency_seconds * 1e3))
+        .collect();
+    eprintln!(
+        "3000 requests: {per:?} per replica, {:?}; balancer latencies {latency_ms:?}",
+        report.errors
+    );
     assert_eq!(report.requests, 3000, "{:?}", report.errors);
     assert_eq!(report.error_count(), 0, "{:?}", report.errors);
     assert_eq!(per.iter().sum::<u64>(), 3000, "every request served once");
@@ -330,7 +339,6 @@ fn requests_spread_evenly_over_the_replicas_of_a_dns_name() {
             share * 100.0
         );
     }
-    let group = bed.group();
     assert_eq!(group.endpoints.len(), 3, "{:?}", group.endpoints);
     assert!(
         bed.tb.queries(NAME) >= 1,

@@ -220,6 +220,7 @@ impl PeerShared {
                     ejected_for: e
                         .ejected_until
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    latency_seconds: e.stats.latency(),
                 })
                 .collect(),
             connections: snap

@@ -52,6 +52,10 @@ pub struct EndpointInfo {
     pub connections: usize,
     /// Seconds left of its ejection by outlier detection, if ejected.
     pub ejected_for: Option<f64>,
+    /// What the endpoint balancer weighs it by: peak-EWMA of the time from
+    /// stream open to the first response byte, in seconds (0 before the
+    /// first sample).
+    pub latency_seconds: f64,
 }
 
 /// A source address whose Initials the node ignores now, after
